@@ -1,0 +1,68 @@
+"""All configuration, read from the environment in one place (names in API.md, "Running")."""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+DATA_DIR = Path(os.environ.get("DATA_DIR", Path(__file__).parent / "data"))
+
+
+def _secret_key() -> str:
+    """A key generated once and kept under data/, so sessions survive restarts."""
+    path = DATA_DIR / "secret_key"
+    if not path.exists():
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = f"sqlite://{DATA_DIR / 'chat.sqlite3'}"
+    redis_url: str | None = None
+    secret_key: str = ""
+    keepalive_seconds: float = 15.0
+    chatbot_provider: str = "demo"
+    openai_base_url: str | None = None
+    openai_api_key: str | None = None
+    chatbot_model: str = "gpt-4o-mini"
+    chatbot_system_prompt: str = "You are a helpful assistant."
+    history_max_chars: int = 24_000
+    openai_first_token_timeout: float = 60.0
+    openai_stall_timeout: float = 30.0
+    openai_max_retries: int = 3
+    demo_reply_tokens: int = 40
+    demo_token_interval_ms: float = 25.0
+    max_prompt_chars: int = 8000
+    feed_retention_seconds: float = 60.0
+    feed_max_events: int = 10_000
+    job_timeout_seconds: float = 600.0
+    worker_max_jobs: int = 1000
+    lease_seconds: float = 10.0
+    queue_name: str = "arq:queue"
+    key_prefix: str = "chat:"
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Settings":
+        env = {f.name: os.environ[f.name.upper()] for f in fields(cls) if f.name.upper() in os.environ}
+        values = {name: _coerce(cls, name, value) for name, value in env.items()}
+        settings = cls(**{**values, **overrides})
+        if not settings.secret_key:
+            settings = replace(settings, secret_key=_secret_key())
+        if settings.database_url.startswith("sqlite://") and ":memory:" not in settings.database_url:
+            Path(settings.database_url.removeprefix("sqlite://")).parent.mkdir(parents=True, exist_ok=True)
+        return settings
+
+
+def _coerce(cls, name: str, value: str):
+    kind = {f.name: f.type for f in fields(cls)}[name]
+    if kind == "int":
+        return int(value)
+    if kind == "float":
+        return float(value)
+    if kind == "str | None":
+        return value or None
+    return value
