@@ -44,6 +44,7 @@ class Settings:
     lease_seconds: float = 10.0
     queue_name: str = "arq:queue"
     key_prefix: str = "chat:"
+    openai_retry_backoff: float = 0.5  # seconds before the first retry; doubles each retry
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":

@@ -1,0 +1,89 @@
+"""The app factory: configuration, the serving lifespan (database, feed, queue), blueprints.
+
+Run it with ``hypercorn app:app``; tests and embedders call ``create_app()``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from quart import Quart, request, session
+from quart_schema import QuartSchema, RequestSchemaValidationError
+from werkzeug.exceptions import HTTPException
+
+from blueprints import api_error, chat, health, page, stream
+from config import Settings
+from models import FAILED, RUNNING, Workflow
+from models.db import close_db, open_db
+from tasks.runtime import Runtime
+from tasks.workflows import WorkflowNotFound
+
+
+def create_app(test_config: dict | None = None) -> Quart:
+    settings = Settings.from_env(**(test_config or {}))
+    app = Quart(__name__, static_folder="static")
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        SESSION_COOKIE_NAME="chat_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        PERMANENT_SESSION_LIFETIME=365 * 24 * 3600,
+        MAX_CONTENT_LENGTH=4 * settings.max_prompt_chars + 64 * 1024,
+        QUART_SCHEMA_CONVERSION_PREFERENCE="pydantic",
+    )
+    QuartSchema(app, info={"title": "Chat streaming API", "version": "1.0"})
+    for blueprint in (chat.bp, stream.bp, health.bp, page.bp):
+        app.register_blueprint(blueprint)
+    _lifespan(app, settings)
+    _identity(app)
+    _errors(app)
+    return app
+
+
+def _lifespan(app: Quart, settings: Settings) -> None:
+    @app.before_serving
+    async def open_services() -> None:
+        await open_db(settings.database_url)
+        if settings.redis_url is None:  # embedded: rounds of an earlier process died with it
+            await Workflow.filter(status=RUNNING).update(status=FAILED, updated_at=time.time())
+        app.extensions["chat_runtime"] = await Runtime.open(settings, runs_jobs=settings.redis_url is None)
+
+    @app.after_serving
+    async def close_services() -> None:
+        await app.extensions.pop("chat_runtime").close()
+        await close_db()
+
+
+def _identity(app: Quart) -> None:
+    @app.before_request
+    async def anonymous_user() -> None:
+        if not isinstance(session.get("uid"), str):
+            session["uid"] = uuid.uuid4().hex
+            session.permanent = True
+
+
+def _errors(app: Quart) -> None:
+    @app.errorhandler(WorkflowNotFound)
+    async def not_found(_: WorkflowNotFound):
+        return api_error(404, "not_found", "No such workflow.")
+
+    @app.errorhandler(RequestSchemaValidationError)
+    async def invalid(error: RequestSchemaValidationError):
+        details = getattr(error.validation_error, "errors", lambda: [])()
+        message = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in details) or str(error.validation_error)
+        return api_error(422, "invalid_request", message)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException):
+        if not request.path.startswith("/api/"):
+            return error
+        return api_error(error.code or 500, (error.name or "error").lower().replace(" ", "_"), error.description or "")
+
+    @app.errorhandler(Exception)
+    async def unexpected(error: Exception):
+        logging.getLogger(__name__).exception("unhandled error", exc_info=error)
+        return api_error(500, "internal_error", "Something went wrong on our side.")
+
+
+app = create_app()

@@ -1,0 +1,92 @@
+"""/api/chatbot: start, stop, read and list conversations."""
+from __future__ import annotations
+
+from functools import wraps
+
+from pydantic import BaseModel, Field, field_validator
+from quart import Blueprint, request, url_for
+from quart_schema import validate_request
+
+from blueprints import api_error, runtime, sse_response, user_id
+from tasks.workflows import RoundRunning, list_workflows, owned_workflow, start_round, stop_round, stream_workflow, workflow_detail
+
+bp = Blueprint("chat", __name__, url_prefix="/api/chatbot")
+
+
+class StartChat(BaseModel):
+    prompt: str = Field(strict=True)
+    workflowId: str | None = Field(default=None, strict=True)
+
+    @field_validator("prompt")
+    @classmethod
+    def not_blank(cls, prompt: str) -> str:
+        if not prompt.strip():
+            raise ValueError("prompt must not be empty")
+        return prompt
+
+
+def json_object(handler):
+    """415 for a body that is not JSON, 400 for bad JSON or a body that is not an object,
+    before validation turns field errors into 422."""
+
+    @wraps(handler)
+    async def checked(*args, **kwargs):
+        if not request.is_json:
+            return api_error(415, "unsupported_media_type", "Send the body as application/json.")
+        data = await request.get_json(silent=True)
+        if data is None and (await request.get_data(as_text=True)).strip() != "null":
+            return api_error(400, "invalid_json", "The body is not valid JSON.")
+        if not isinstance(data, dict):
+            return api_error(400, "invalid_body", "The body must be a JSON object.")
+        return await handler(*args, **kwargs)
+
+    return checked
+
+
+async def _start(data: StartChat):
+    limit = runtime().settings.max_prompt_chars
+    if len(data.prompt) > limit:
+        return None, api_error(413, "prompt_too_long", f"The prompt is {len(data.prompt)} characters; the limit is {limit}.")
+    try:
+        return await start_round(runtime(), user_id(), data.prompt, data.workflowId), None
+    except RoundRunning:
+        return None, api_error(409, "round_running", "A reply is still being generated in this conversation. Stop it or wait.")
+
+
+@bp.post("/start")
+@json_object
+@validate_request(StartChat)
+async def start(data: StartChat):
+    started, error = await _start(data)
+    if error:
+        return error
+    workflow, message = started
+    stream_url = url_for("stream.stream", workflow_id=workflow.id)
+    return {"workflowId": workflow.id, "messageId": message.id, "streamUrl": stream_url}, 202
+
+
+@bp.post("/start/stream")
+@json_object
+@validate_request(StartChat)
+async def start_and_stream(data: StartChat):
+    started, error = await _start(data)
+    if error:
+        return error
+    workflow, _ = started
+    return await sse_response(stream_workflow(runtime(), workflow, None, None))
+
+
+@bp.post("/<workflow_id>/stop")
+async def stop(workflow_id: str):
+    workflow = await owned_workflow(user_id(), workflow_id)
+    return {"workflowId": workflow.id, "status": await stop_round(runtime(), workflow)}, 202
+
+
+@bp.get("/<workflow_id>")
+async def detail(workflow_id: str):
+    return await workflow_detail(await owned_workflow(user_id(), workflow_id))
+
+
+@bp.get("")
+async def index():
+    return {"workflows": await list_workflows(user_id())}

@@ -1,0 +1,31 @@
+"""Liveness and readiness probes."""
+from __future__ import annotations
+
+from quart import Blueprint
+from tortoise import connections
+
+from blueprints import runtime
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+async def healthz():
+    return {"status": "ok"}
+
+
+@bp.get("/readyz")
+async def readyz():
+    checks = {}
+    for name, probe in (("database", _database), ("feed", runtime().feed.ping)):
+        try:
+            await probe()
+            checks[name] = "ok"
+        except Exception as exc:
+            checks[name] = f"unavailable: {type(exc).__name__}"
+    ready = all(value == "ok" for value in checks.values())
+    return {"status": "ready" if ready else "unavailable", "checks": checks}, 200 if ready else 503
+
+
+async def _database() -> None:
+    await connections.get("default").execute_query("SELECT 1")

@@ -1,0 +1,95 @@
+"""The event feed: per-context, ordered, resumable events with fan-out to every subscriber.
+
+One interface, two backends chosen by URL: ``memory://`` (one process) and ``redis://``
+(Redis Streams, shared by every web and worker process). A context is anything that has
+events: a workflow, a document, a task.
+"""
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+Cursor = tuple[int, int]
+ORIGIN = "0-0"  # before every event
+
+
+def parse_cursor(cursor: str) -> Cursor:
+    """``<ms>-<seq>`` as a tuple that compares part by part; ValueError if malformed."""
+    ms, _, seq = cursor.partition("-")
+    parsed = (int(ms), int(seq or 0))
+    if parsed[0] < 0 or parsed[1] < 0:
+        raise ValueError(cursor)
+    return parsed
+
+
+@dataclass(frozen=True)
+class Event:
+    cursor: str
+    type: str
+    category: str
+    data_json: str  # kept as text: the SSE path forwards it without decoding
+
+    @cached_property
+    def data(self) -> dict[str, Any]:
+        return json.loads(self.data_json)
+
+    @property
+    def position(self) -> Cursor:
+        return parse_cursor(self.cursor)
+
+
+class FeedGap(Exception):
+    """The cursor is older than what the feed retains: the reader must start over."""
+
+
+class EventFeed(ABC):
+    @abstractmethod
+    async def emit(self, context_id: str, event_type: str, data: dict, category: str = "default") -> str:
+        """Append an event and return its cursor."""
+
+    @abstractmethod
+    async def read(self, context_id: str, after: str = ORIGIN) -> list[Event]:
+        """The retained events after ``after``; FeedGap if some of them are no longer retained."""
+
+    @abstractmethod
+    def subscribe(
+        self, context_id: str, after: str = ORIGIN, categories: Iterable[str] | None = None, idle_timeout: float | None = None
+    ) -> AsyncIterator[list[Event]]:
+        """Batches of events after ``after``, live, forever. Yields an empty batch after
+        ``idle_timeout`` seconds without events (for keepalives); raises FeedGap when the
+        subscriber has fallen behind what is retained."""
+
+    @abstractmethod
+    async def finish(self, context_id: str, expire_after: float | None = None) -> None:
+        """The context is done for now: drop its events after ``expire_after`` seconds
+        (the feed's retention by default) unless new events arrive first."""
+
+    async def ping(self) -> None:
+        """Raise if the feed cannot be reached."""
+
+    async def close(self) -> None:
+        pass
+
+
+def make_feed(url: str, **options: Any) -> EventFeed:
+    if url.startswith("memory://"):
+        from events.memory import MemoryFeed
+
+        return MemoryFeed(**options)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from events.redis import RedisFeed
+
+        return RedisFeed(url, **options)
+    raise ValueError(f"unsupported event feed URL {url!r} (memory:// or redis://)")
+
+
+def category_set(categories: Iterable[str] | None) -> frozenset[str] | None:
+    return frozenset(categories) if categories is not None else None
+
+
+def wanted(event: Event, categories: frozenset[str] | None) -> bool:
+    return categories is None or event.category in categories

@@ -1,0 +1,80 @@
+"""A bounded, ordered list of one context's events that any number of readers follow.
+
+Readers keep their own cursor and read the shared list, so fan-out costs no copy per
+subscriber, and a slow reader holds no buffer: it falls off the end and gets FeedGap.
+"""
+from __future__ import annotations
+
+import asyncio
+from bisect import bisect_right
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from events import Cursor, Event, FeedGap, parse_cursor, wanted
+
+MAX_BATCH = 500  # events per yield, so one busy context cannot make a huge write
+
+
+class ContextLog:
+    def __init__(self, max_events: int, floor: Cursor, whole: bool) -> None:
+        self.max_events = max_events
+        self.events: list[Event] = []
+        self.positions: list[Cursor] = []
+        self.floor = floor  # a reader at or after it misses nothing
+        self.whole = whole  # nothing was ever dropped: a reader from the origin misses nothing
+        self.readers = 0
+        self._changed = asyncio.Event()
+
+    def append(self, events: list[Event]) -> None:
+        for event in events:
+            position = event.position
+            if not self.positions or position > self.positions[-1]:
+                self.events.append(event)
+                self.positions.append(position)
+        if len(self.events) > self.max_events * 5 // 4:  # trim in steps, not on every append
+            del self.events[: -self.max_events], self.positions[: -self.max_events]
+            self.floor, self.whole = self.positions[0], False
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def clear(self) -> None:
+        """Drop the events; readers at the tail go on, older cursors now get FeedGap."""
+        if self.positions:
+            self.floor = self.positions[-1]
+        self.events, self.positions, self.whole = [], [], False
+
+    def after(self, cursor: str) -> list[Event]:
+        position = parse_cursor(cursor)
+        if position < self.floor and not (self.whole and position == (0, 0)):
+            raise FeedGap(cursor)
+        start = bisect_right(self.positions, position)
+        return self.events[start : start + MAX_BATCH]
+
+    async def wait(self, timeout: float | None) -> bool:
+        """Until the next append (True) or the timeout (False)."""
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+
+async def follow(
+    log: ContextLog,
+    after: str,
+    categories: frozenset[str] | None,
+    idle_timeout: float | None,
+    read_older: Callable[[str], Awaitable[list[Event]]],
+) -> AsyncIterator[list[Event]]:
+    """Follow a log from a cursor; ``read_older`` serves cursors the log no longer holds."""
+    while True:
+        try:
+            batch = log.after(after)
+        except FeedGap:
+            batch = await read_older(after)
+        if batch:
+            after = batch[-1].cursor
+            if selected := [e for e in batch if wanted(e, categories)]:
+                yield selected
+            continue
+        if not await log.wait(idle_timeout):
+            yield []

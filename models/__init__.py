@@ -1,0 +1,107 @@
+"""Tortoise models: workflows (one conversation each), their messages and their logs.
+
+Timestamps are unix seconds (floats), as the API sends them. Rows written by the chatbot
+job have ids derived from (workflow, round, step), so a job that runs twice finds its own
+rows instead of writing them again.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+
+from tortoise import fields
+from tortoise.models import Model
+
+RUNNING, COMPLETED, STOPPED, FAILED = "running", "completed", "stopped", "failed"
+ROUND_END_EVENT = {COMPLETED: "complete", STOPPED: "stopped", FAILED: "error"}
+
+_IDS = uuid.UUID("6f1c8a52-9d8e-4d54-a1f7-0c3a4b6e2d11")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def round_item_id(workflow_id: str, round_number: int, name: str) -> str:
+    return str(uuid.uuid5(_IDS, f"{workflow_id}/{round_number}/{name}"))
+
+
+class Workflow(Model):
+    id = fields.CharField(pk=True, max_length=36, default=new_id)
+    owner_id = fields.CharField(max_length=64)
+    status = fields.CharField(max_length=16, default=RUNNING)
+    round_number = fields.IntField(default=1)
+    title = fields.CharField(max_length=120, default="")
+    created_at = fields.FloatField(default=time.time)
+    updated_at = fields.FloatField(default=time.time)
+
+    class Meta:
+        table = "workflows"
+        indexes = (("owner_id", "updated_at"),)
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "status": self.status,
+            "title": self.title,
+            "roundNumber": self.round_number,
+            "createdAt": self.created_at,
+            "updatedAt": self.updated_at,
+        }
+
+
+class Message(Model):
+    id = fields.CharField(pk=True, max_length=36, default=new_id)
+    workflow = fields.ForeignKeyField("models.Workflow", related_name="messages", on_delete=fields.CASCADE)
+    role = fields.CharField(max_length=16)
+    content = fields.TextField()
+    round_number = fields.IntField()
+    created_at = fields.FloatField(default=time.time)
+
+    class Meta:
+        table = "messages"
+        unique_together = (("workflow", "round_number", "role"),)
+        indexes = (("workflow", "created_at"),)
+
+    def to_item(self) -> dict:
+        return {
+            "id": self.id,
+            "workflowId": self.workflow_id,
+            "role": self.role,
+            "content": self.content,
+            "createdAt": self.created_at,
+            "roundNumber": self.round_number,
+        }
+
+
+class Log(Model):
+    id = fields.CharField(pk=True, max_length=36, default=new_id)
+    workflow = fields.ForeignKeyField("models.Workflow", related_name="logs", on_delete=fields.CASCADE)
+    message = fields.TextField()
+    type = fields.CharField(max_length=32, default="step")
+    status = fields.CharField(max_length=16, default="done")
+    round_number = fields.IntField()
+    created_at = fields.FloatField(default=time.time)
+
+    class Meta:
+        table = "logs"
+        indexes = (("workflow", "created_at"),)
+
+    def to_item(self) -> dict:
+        return {
+            "id": self.id,
+            "workflowId": self.workflow_id,
+            "message": self.message,
+            "type": self.type,
+            "status": self.status,
+            "createdAt": self.created_at,
+            "roundNumber": self.round_number,
+        }
+
+
+async def chat_items(workflow_id: str) -> list[tuple[str, dict, Message | Log]]:
+    """Every stored message and log of a workflow as ("message"|"log", item, row), oldest first."""
+    messages = await Message.filter(workflow_id=workflow_id).order_by("created_at", "id")
+    logs = await Log.filter(workflow_id=workflow_id).order_by("created_at", "id")
+    rows = [("message", m.to_item(), m) for m in messages] + [("log", entry.to_item(), entry) for entry in logs]
+    return sorted(rows, key=lambda row: (row[2].created_at, row[0] == "message", row[2].id))

@@ -1,0 +1,119 @@
+"""The chatbot job: one round of a conversation, from the stored prompt to the stored reply.
+
+It runs in an arq worker (Redis mode) or in the web process (embedded mode) and speaks
+only through the event feed and the database, so both modes behave the same.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from models import COMPLETED, FAILED, RUNNING, STOPPED, Log, Message, Workflow, round_item_id
+from tasks.providers import ChatTurn, ProviderError
+from tasks.runtime import Runtime, end_round, publish_item
+
+log = logging.getLogger(__name__)
+
+WORKER_LOST = ("worker_lost", "The worker generating this reply stopped before it finished. Please retry.")
+
+
+@dataclass
+class Reply:
+    message_id: str
+    parts: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+async def run_chatbot(ctx: dict, workflow_id: str, round_number: int) -> str:
+    """Generate the assistant's reply for one round and end the round."""
+    runtime: Runtime = ctx["runtime"]
+    workflow = await Workflow.get_or_none(id=workflow_id)
+    if workflow is None or workflow.round_number != round_number or workflow.status != RUNNING:
+        return "skipped: round is not running"
+    reply = Reply(round_item_id(workflow_id, round_number, "assistant"))
+    if await Message.exists(id=reply.message_id):  # a retry after the reply was stored
+        await end_round(runtime, workflow_id, round_number, COMPLETED)
+        return "completed earlier"
+    if ctx.get("job_try", 1) > 1:  # a retry after a worker died mid-reply: its deltas are out
+        await end_round(runtime, workflow_id, round_number, FAILED, *WORKER_LOST)
+        return "failed: worker lost"
+    stop = asyncio.Event()
+    async with runtime.control.running(workflow_id, round_number, stop.set):
+        outcome = await _generate(runtime, workflow, reply, stop)
+        if reply.parts or outcome[0] == COMPLETED:
+            await _store_reply(runtime, workflow, reply)
+        await end_round(runtime, workflow_id, round_number, *outcome)
+    return outcome[0]
+
+
+async def _generate(runtime: Runtime, workflow: Workflow, reply: Reply, stop: asyncio.Event) -> tuple[str, ...]:
+    """Stream the reply until it ends, fails or is stopped; the outcome for end_round."""
+    turns = await _history(workflow)
+    await _log_step(runtime, workflow, "history", f"Loaded the conversation ({len(turns)} messages)")
+    await _log_step(runtime, workflow, "generate", f"Generating the reply with the {runtime.provider.name} model")
+    generation = asyncio.create_task(_stream(runtime, workflow, reply, turns))
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({generation, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # job timeout or worker shutdown: end the round, then go
+        generation.cancel()
+        await asyncio.gather(generation, return_exceptions=True)
+        await _store_reply(runtime, workflow, reply)
+        await end_round(runtime, workflow.id, workflow.round_number, FAILED, *WORKER_LOST)
+        raise
+    finally:
+        stopped.cancel()
+    if not generation.done():
+        generation.cancel()
+        await asyncio.gather(generation, return_exceptions=True)
+        return (STOPPED,)
+    try:
+        generation.result()
+    except ProviderError as exc:
+        return FAILED, exc.code, exc.message
+    except Exception:
+        log.exception("chatbot round %s/%s failed", workflow.id, workflow.round_number)
+        return FAILED, "internal_error", "The chatbot failed unexpectedly."
+    return (COMPLETED,)
+
+
+async def _stream(runtime: Runtime, workflow: Workflow, reply: Reply, turns: list[ChatTurn]) -> None:
+    async def on_usage(usage: dict) -> None:
+        counts = ", ".join(f"{name.replace('_', ' ')}: {value}" for name, value in usage.items())
+        log.info("round %s/%s token usage %s", workflow.id, workflow.round_number, usage)
+        await _log_step(runtime, workflow, "usage", f"Token usage ({counts})", kind="usage")
+
+    async for piece in runtime.provider.stream_reply(turns, on_usage):
+        if not piece:
+            continue
+        delta = {"messageId": reply.message_id, "index": len(reply.parts), "text": piece}
+        reply.parts.append(piece)
+        # Shielded: a stop must not leave a delta half-sent and missing from the stored text.
+        await asyncio.shield(publish_item(runtime, "delta", delta, workflow.id))
+
+
+async def _history(workflow: Workflow) -> list[ChatTurn]:
+    messages = await Message.filter(workflow_id=workflow.id).order_by("round_number", "created_at")
+    return [ChatTurn(m.role, m.content) for m in messages if m.round_number <= workflow.round_number]
+
+
+async def _store_reply(runtime: Runtime, workflow: Workflow, reply: Reply) -> None:
+    message, created = await Message.get_or_create(
+        id=reply.message_id,
+        defaults={"workflow_id": workflow.id, "role": "assistant", "content": reply.text, "round_number": workflow.round_number},
+    )
+    if created:
+        await publish_item(runtime, "message", message.to_item(), workflow.id)
+
+
+async def _log_step(runtime: Runtime, workflow: Workflow, step: str, text: str, kind: str = "step") -> None:
+    entry, created = await Log.get_or_create(
+        id=round_item_id(workflow.id, workflow.round_number, step),
+        defaults={"workflow_id": workflow.id, "message": text, "type": kind, "status": "done", "round_number": workflow.round_number},
+    )
+    if created:
+        await publish_item(runtime, "log", entry.to_item(), workflow.id)

@@ -1,0 +1,99 @@
+"""What a process needs to run chat rounds: the feed, round control, the job queue and
+the model provider, opened together for the web process or for a worker."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from arq.connections import ArqRedis
+from redis.asyncio import BlockingConnectionPool
+
+from config import Settings
+from events import EventFeed, make_feed
+from models import FAILED, ROUND_END_EVENT, RUNNING, Workflow
+from tasks.control import LocalControl, RedisControl
+from tasks.providers import ChatProvider, make_provider
+
+log = logging.getLogger(__name__)
+
+CHAT_JOB = "run_chatbot"
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    feed: EventFeed
+    control: LocalControl
+    provider: ChatProvider | None = None
+    arq: ArqRedis | None = None
+    jobs: set[asyncio.Task] = field(default_factory=set)  # embedded mode's running rounds
+
+    @classmethod
+    async def open(cls, settings: Settings, *, runs_jobs: bool) -> "Runtime":
+        options = {"retention_seconds": settings.feed_retention_seconds, "max_events": settings.feed_max_events}
+        if settings.redis_url is None:
+            feed = make_feed("memory://", **options)
+            return cls(settings, feed, LocalControl(), make_provider(settings))
+        feed = make_feed(settings.redis_url, key_prefix=settings.key_prefix, **options)
+        arq = ArqRedis(
+            connection_pool=BlockingConnectionPool.from_url(settings.redis_url, max_connections=1),
+            default_queue_name=settings.queue_name,
+        )
+        control = RedisControl(arq, settings.key_prefix, settings.lease_seconds)
+        return cls(settings, feed, control, make_provider(settings) if runs_jobs else None, arq)
+
+    async def enqueue_round(self, workflow_id: str, round_number: int) -> None:
+        await self.control.expect(workflow_id, round_number)
+        if self.arq is not None:
+            await self.arq.enqueue_job(CHAT_JOB, workflow_id, round_number, _job_id=f"chat:{workflow_id}:{round_number}")
+            return
+        from tasks.chatbot import run_chatbot  # the job sits above the runtime it runs in
+
+        task = asyncio.create_task(_in_process(run_chatbot, {"runtime": self, "job_try": 1}, workflow_id, round_number))
+        self.jobs.add(task)
+        task.add_done_callback(self.jobs.discard)
+
+    async def close(self) -> None:
+        for task in list(self.jobs):
+            task.cancel()
+        await asyncio.gather(*self.jobs, return_exceptions=True)
+        await self.control.close()
+        if self.provider is not None:
+            await self.provider.aclose()
+        await self.feed.close()
+        if self.arq is not None:
+            await self.arq.aclose()
+
+
+async def _in_process(job: Callable[..., Awaitable[str]], ctx: dict, *args) -> None:
+    try:
+        await job(ctx, *args)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("in-process chat job %s failed", args)
+
+
+async def publish_item(runtime: Runtime, kind: str, item: dict, workflow_id: str) -> str:
+    """Emit a chatdata event: a stored message or log, or a delta of a reply."""
+    data = {"type": kind, "createdAt": time.time(), "item": item}
+    return await runtime.feed.emit(workflow_id, "chatdata", data, "workflow" if kind == "log" else "chat")
+
+
+async def end_round(runtime: Runtime, workflow_id: str, round_number: int, status: str, code: str = "", message: str = "") -> bool:
+    """Move a running round to its final status and emit its end event, exactly once:
+    whoever wins the conditional update (job, stop, liveness check) sends the event."""
+    updated = await Workflow.filter(id=workflow_id, round_number=round_number, status=RUNNING).update(
+        status=status, updated_at=time.time()
+    )
+    if not updated:
+        return False
+    data: dict = {"workflowId": workflow_id, "roundNumber": round_number}
+    if status == FAILED:
+        data |= {"code": code, "message": message}
+    await runtime.feed.emit(workflow_id, ROUND_END_EVENT[status], data, "workflow")
+    await runtime.feed.finish(workflow_id)
+    return True

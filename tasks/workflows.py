@@ -1,0 +1,205 @@
+"""Conversations as the API sees them: start a round, stop it, read it, stream it."""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Iterable
+
+from events import ORIGIN, Event, FeedGap, category_set, parse_cursor, wanted
+from events.sse import KEEPALIVE, frame
+from models import FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Message, Workflow, chat_items, round_item_id
+from tasks.chatbot import WORKER_LOST
+from tasks.runtime import Runtime, end_round, publish_item
+
+END_EVENTS = frozenset(ROUND_END_EVENT.values())
+
+
+class WorkflowNotFound(Exception):
+    pass
+
+
+class RoundRunning(Exception):
+    pass
+
+
+async def owned_workflow(owner_id: str, workflow_id: str) -> Workflow:
+    """The workflow if it exists and is this user's: others' look exactly like missing ones."""
+    workflow = await Workflow.get_or_none(id=workflow_id, owner_id=owner_id)
+    if workflow is None:
+        raise WorkflowNotFound(workflow_id)
+    return workflow
+
+
+async def start_round(runtime: Runtime, owner_id: str, prompt: str, workflow_id: str | None) -> tuple[Workflow, Message]:
+    """Store the user's message, emit it and enqueue the chatbot: a new conversation or
+    the next round of an existing one (RoundRunning while a round still runs)."""
+    if workflow_id is None:
+        workflow = await Workflow.create(owner_id=owner_id, title=_title(prompt))
+    else:
+        workflow = await owned_workflow(owner_id, workflow_id)
+        await fail_if_lost(runtime, workflow)
+        next_round = workflow.round_number + 1
+        claimed = await Workflow.filter(id=workflow.id, round_number=workflow.round_number).exclude(status=RUNNING).update(
+            status=RUNNING, round_number=next_round, updated_at=time.time()
+        )
+        if not claimed:
+            raise RoundRunning(workflow.id)
+        workflow.status, workflow.round_number = RUNNING, next_round
+    message = await Message.create(
+        id=round_item_id(workflow.id, workflow.round_number, "user"),
+        workflow_id=workflow.id,
+        role="user",
+        content=prompt,
+        round_number=workflow.round_number,
+    )
+    await publish_item(runtime, "message", message.to_item(), workflow.id)
+    await runtime.enqueue_round(workflow.id, workflow.round_number)
+    return workflow, message
+
+
+async def stop_round(runtime: Runtime, workflow: Workflow) -> str:
+    """Ask the running round to stop; the status when answering."""
+    if workflow.status == RUNNING:
+        await runtime.control.request_stop(workflow.id, workflow.round_number)
+        if not await runtime.control.alive(workflow.id, workflow.round_number):  # no job left to answer
+            await end_round(runtime, workflow.id, workflow.round_number, STOPPED)
+        await workflow.refresh_from_db(fields=["status"])
+    return workflow.status
+
+
+async def fail_if_lost(runtime: Runtime, workflow: Workflow) -> None:
+    """A round marked running whose job is gone (its worker died) ends as failed."""
+    if workflow.status == RUNNING and not await runtime.control.alive(workflow.id, workflow.round_number):
+        if await end_round(runtime, workflow.id, workflow.round_number, FAILED, *WORKER_LOST):
+            workflow.status = FAILED
+
+
+async def workflow_detail(workflow: Workflow) -> dict:
+    items = [{"type": kind, "createdAt": item["createdAt"], "item": item} for kind, item, _ in await chat_items(workflow.id)]
+    return {"workflow": workflow.to_dict(), "items": items}
+
+
+async def list_workflows(owner_id: str) -> list[dict]:
+    workflows = await Workflow.filter(owner_id=owner_id).order_by("-updated_at").limit(200)
+    return [w.to_dict() for w in workflows]
+
+
+def _title(prompt: str) -> str:
+    words = " ".join(prompt.split())
+    return words if len(words) <= 60 else words[:59].rstrip() + "…"
+
+
+async def stream_workflow(
+    runtime: Runtime, workflow: Workflow, last_event_id: str | None, categories: Iterable[str] | None
+) -> AsyncIterator[str]:
+    """The workflow's events as SSE text: what the client has not seen, then live events,
+    until the end of the round that was running when it opened (see API.md, "Stream")."""
+    stream = _Stream(runtime, workflow.id, category_set(categories))
+    initial, follow_from = await stream.open(last_event_id)
+    chunk, done = stream.render(initial)
+    if chunk:
+        yield chunk
+    if done:
+        return
+    keepalive = runtime.settings.keepalive_seconds
+    async for batch in runtime.feed.subscribe(workflow.id, follow_from, idle_timeout=keepalive):
+        if not batch:
+            yield KEEPALIVE
+            await stream.check_alive()
+            continue
+        chunk, done = stream.render(batch)
+        if chunk:
+            yield chunk
+        if done:
+            return
+
+
+class _Stream:
+    """Where one SSE client starts, what it must not get twice, and when it ends."""
+
+    def __init__(self, runtime: Runtime, workflow_id: str, categories: frozenset[str] | None) -> None:
+        self.runtime, self.workflow_id, self.categories = runtime, workflow_id, categories
+        self.closing_round = 0  # the first end event of this round or later closes the stream
+        self.running_round = 0  # a round seen running, whose job we watch for death
+        self.sent_ids: set[str] = set()  # snapshot items that may still arrive live
+
+    async def open(self, last_event_id: str | None) -> tuple[list[Event], str]:
+        """The events to send first and the cursor to follow the feed from."""
+        position = _position(last_event_id)
+        if position is not None and position[0] > 0:
+            try:  # a live cursor: exactly what came after it
+                events = await self.runtime.feed.read(self.workflow_id, last_event_id)
+                return events, events[-1].cursor if events else last_event_id
+            except FeedGap:
+                position = None
+        return await self._snapshot(skip=position[1] if position else 0)
+
+    async def _snapshot(self, skip: int) -> tuple[list[Event], str]:
+        # Order matters: feed, then status, then database. Whatever was stored and emitted
+        # by then is in one of them; what is stored but not yet emitted is deduplicated.
+        retained = await self.runtime.feed.read(self.workflow_id)
+        workflow = await Workflow.get(id=self.workflow_id)
+        rows = await chat_items(self.workflow_id)
+        current = workflow.round_number
+        if workflow.status == RUNNING:
+            self.closing_round = self.running_round = current
+            live_part = retained[_round_start(retained, current) :]
+            stored = [row for row in rows if row[2].round_number < current]
+        else:
+            self.closing_round = current + 1
+            live_part, stored = [], rows
+            self.sent_ids = {item["id"] for _, item, row in rows if row.round_number >= current}
+        synthetic = [
+            Event(f"0-{i}", "chatdata", "workflow" if kind == "log" else "chat", _json({"type": kind, "createdAt": item["createdAt"], "item": item}))
+            for i, (kind, item, row) in enumerate(stored, start=1)
+        ]
+        return synthetic[skip:] + live_part, retained[-1].cursor if retained else ORIGIN
+
+    def render(self, events: list[Event]) -> tuple[str, bool]:
+        """SSE text for a batch, and whether the stream ends with it."""
+        out = []
+        for event in events:
+            if self._seen(event):
+                continue
+            if wanted(event, self.categories):
+                out.append(frame(event.type, event.data_json, event.cursor))
+            if event.type in END_EVENTS and event.data.get("roundNumber", 0) >= self.closing_round:
+                return "".join(out), True
+            if event.type == "chatdata" and event.data["item"].get("role") == "user":
+                self.running_round = max(self.running_round, event.data["item"]["roundNumber"])
+        return "".join(out), False
+
+    def _seen(self, event: Event) -> bool:
+        if not self.sent_ids or event.type != "chatdata":
+            return False
+        item = event.data["item"]
+        return item.get("id", item.get("messageId")) in self.sent_ids
+
+    async def check_alive(self) -> None:
+        if self.running_round:
+            workflow = await Workflow.get(id=self.workflow_id)
+            await fail_if_lost(self.runtime, workflow)
+            if workflow.status != RUNNING:
+                self.running_round = 0
+
+
+def _round_start(events: list[Event], round_number: int) -> int:
+    """Index of the round's user message in the retained events (len if not there yet)."""
+    for index in range(len(events) - 1, -1, -1):
+        event = events[index]
+        if event.type == "chatdata" and event.data["type"] == "message":
+            item = event.data["item"]
+            if item["role"] == "user" and item["roundNumber"] == round_number:
+                return index
+    return len(events)
+
+
+def _position(cursor: str | None) -> tuple[int, int] | None:
+    try:
+        return parse_cursor(cursor) if cursor else None
+    except ValueError:
+        return None  # a cursor we never issued: start over
+
+
+def _json(data: dict) -> str:
+    return json.dumps(data, separators=(",", ":"))
