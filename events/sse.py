@@ -16,7 +16,9 @@ def frame(event_type: str, data: str, cursor: str | None = None) -> str:
 
 
 def comment(text: str) -> str:
-    return "".join(f": {line}\n" for line in _LINE_BREAK.split(text)) + "\n"
+    """Comment lines. No blank line after them: that would end an empty event, which
+    some clients (httpx-sse) hand to the application as a blank ``message``."""
+    return "".join(f": {line}\n" for line in _LINE_BREAK.split(text))
 
 
 KEEPALIVE = comment("keepalive")

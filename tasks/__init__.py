@@ -19,7 +19,7 @@ async def startup(ctx: dict) -> None:
     await open_db(_settings.database_url)
     runtime = ctx["runtime"] = await Runtime.open(_settings, runs_jobs=True)
     assert isinstance(runtime.control, RedisControl)
-    runtime.control.listen()
+    runtime.control.listen(_settings.redis_url)
 
 
 async def shutdown(ctx: dict) -> None:

@@ -127,14 +127,15 @@ class RedisControl(LocalControl):
         with contextlib.suppress(Exception):
             await self.redis.delete(self._key("stop", key))
 
-    def listen(self) -> None:
-        """Workers: take stop nudges for the rounds this process runs."""
-        self._listener = asyncio.create_task(self._listen())
+    def listen(self, redis_url: str) -> None:
+        """Workers: take stop nudges for the rounds this process runs (on a connection of
+        its own: a subscribed connection can do nothing else)."""
+        self._listener = asyncio.create_task(self._listen(Redis.from_url(redis_url)))
 
-    async def _listen(self) -> None:
+    async def _listen(self, redis: Redis) -> None:
         while True:
             try:
-                async with self.redis.pubsub() as pubsub:
+                async with redis.pubsub() as pubsub:
                     await pubsub.subscribe(self.channel)
                     async for message in pubsub.listen():
                         if message["type"] == "message":

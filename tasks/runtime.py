@@ -39,7 +39,8 @@ class Runtime:
             return cls(settings, feed, LocalControl(), make_provider(settings))
         feed = make_feed(settings.redis_url, key_prefix=settings.key_prefix, **options)
         arq = ArqRedis(
-            connection_pool=BlockingConnectionPool.from_url(settings.redis_url, max_connections=1),
+            # The web process keeps its Redis connections few; a worker's jobs share more.
+            connection_pool=BlockingConnectionPool.from_url(settings.redis_url, max_connections=8 if runs_jobs else 1),
             default_queue_name=settings.queue_name,
         )
         control = RedisControl(arq, settings.key_prefix, settings.lease_seconds)

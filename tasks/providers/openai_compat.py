@@ -103,7 +103,7 @@ class OpenAIProvider:
             # Local servers (Ollama, llama.cpp, ...) ignore the key, but the client wants one.
             api_key=self._api_key or "not-needed",
             base_url=settings.openai_base_url,
-            max_retries=2,
+            max_retries=0,
             timeout=httpx2.Timeout(None, connect=min(10.0, self.first_token_timeout)),
         )
         self.base_url = str(self.client.base_url).rstrip("/")
