@@ -29,6 +29,7 @@ def create_app(test_config: dict | None = None) -> Quart:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         PERMANENT_SESSION_LIFETIME=365 * 24 * 3600,
+        SESSION_REFRESH_EACH_REQUEST=False,
         MAX_CONTENT_LENGTH=4 * settings.max_prompt_chars + 64 * 1024,
         QUART_SCHEMA_CONVERSION_PREFERENCE="pydantic",
     )

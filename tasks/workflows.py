@@ -96,7 +96,7 @@ async def stream_workflow(
     until the end of the round that was running when it opened (see API.md, "Stream")."""
     stream = _Stream(runtime, workflow.id, category_set(categories))
     initial, follow_from = await stream.open(last_event_id)
-    chunk, done = stream.render(initial)
+    chunk, done = stream.render(initial, live=False)
     if chunk:
         yield chunk
     if done:
@@ -155,11 +155,11 @@ class _Stream:
         ]
         return synthetic[skip:] + live_part, retained[-1].cursor if retained else ORIGIN
 
-    def render(self, events: list[Event]) -> tuple[str, bool]:
+    def render(self, events: list[Event], live: bool = True) -> tuple[str, bool]:
         """SSE text for a batch, and whether the stream ends with it."""
         out = []
         for event in events:
-            if self._seen(event):
+            if live and self._seen(event):
                 continue
             if wanted(event, self.categories):
                 out.append(frame(event.type, event.data_json, event.cursor))

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
-import httpx2
 import openai
 
 from config import Settings
@@ -104,7 +103,7 @@ class OpenAIProvider:
             api_key=self._api_key or "not-needed",
             base_url=settings.openai_base_url,
             max_retries=0,
-            timeout=httpx2.Timeout(None, connect=min(10.0, self.first_token_timeout)),
+            timeout=openai.Timeout(None, connect=min(10.0, self.first_token_timeout)),
         )
         self.base_url = str(self.client.base_url).rstrip("/")
 
