@@ -1,12 +1,20 @@
-"""Liveness and readiness probes."""
+"""Liveness and readiness probes, and Prometheus metrics."""
 from __future__ import annotations
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Blueprint
 from tortoise import connections
 
 from blueprints import runtime
+from tasks.metrics import FEED_SUBSCRIPTIONS
 
 bp = Blueprint("health", __name__)
+
+
+@bp.get("/metrics")
+async def metrics():
+    FEED_SUBSCRIPTIONS.set(runtime().feed.subscriptions())
+    return generate_latest(), 200, {"Content-Type": CONTENT_TYPE_LATEST}
 
 
 @bp.get("/healthz")

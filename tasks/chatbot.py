@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from models import COMPLETED, FAILED, RUNNING, STOPPED, Log, Message, Workflow, round_item_id
@@ -87,13 +88,15 @@ async def _stream(runtime: Runtime, workflow: Workflow, reply: Reply, turns: lis
         log.info("round %s/%s token usage %s", workflow.id, workflow.round_number, usage)
         await _log_step(runtime, workflow, "usage", f"Token usage ({counts})", kind="usage")
 
-    async for piece in runtime.provider.stream_reply(turns, on_usage):
-        if not piece:
-            continue
-        delta = {"messageId": reply.message_id, "index": len(reply.parts), "text": piece}
-        reply.parts.append(piece)
-        # Shielded: a stop must not leave a delta half-sent and missing from the stored text.
-        await asyncio.shield(publish_item(runtime, "delta", delta, workflow.id))
+    # aclosing: a stop closes the provider's upstream request now, not when collected.
+    async with aclosing(runtime.provider.stream_reply(turns, on_usage)) as pieces:
+        async for piece in pieces:
+            if not piece:
+                continue
+            delta = {"messageId": reply.message_id, "index": len(reply.parts), "text": piece}
+            reply.parts.append(piece)
+            # Shielded: a stop must not leave a delta half-sent and missing from the stored text.
+            await asyncio.shield(publish_item(runtime, "delta", delta, workflow.id))
 
 
 async def _history(workflow: Workflow) -> list[ChatTurn]:

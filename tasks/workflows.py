@@ -9,6 +9,7 @@ from events import ORIGIN, Event, FeedGap, category_set, parse_cursor, wanted
 from events.sse import KEEPALIVE, frame
 from models import FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Message, Workflow, chat_items, round_item_id
 from tasks.chatbot import WORKER_LOST
+from tasks.metrics import EVENTS_SENT, OPEN_STREAMS, ROUNDS_STARTED
 from tasks.runtime import Runtime, end_round, publish_item
 
 END_EVENTS = frozenset(ROUND_END_EVENT.values())
@@ -54,6 +55,7 @@ async def start_round(runtime: Runtime, owner_id: str, prompt: str, workflow_id:
     )
     await publish_item(runtime, "message", message.to_item(), workflow.id)
     await runtime.enqueue_round(workflow.id, workflow.round_number)
+    ROUNDS_STARTED.inc()
     return workflow, message
 
 
@@ -95,23 +97,27 @@ async def stream_workflow(
     """The workflow's events as SSE text: what the client has not seen, then live events,
     until the end of the round that was running when it opened (see API.md, "Stream")."""
     stream = _Stream(runtime, workflow.id, category_set(categories))
-    initial, follow_from = await stream.open(last_event_id)
-    chunk, done = stream.render(initial, live=False)
-    if chunk:
-        yield chunk
-    if done:
-        return
-    keepalive = runtime.settings.keepalive_seconds
-    async for batch in runtime.feed.subscribe(workflow.id, follow_from, idle_timeout=keepalive):
-        if not batch:
-            yield KEEPALIVE
-            await stream.check_alive()
-            continue
-        chunk, done = stream.render(batch)
+    OPEN_STREAMS.inc()
+    try:
+        initial, follow_from = await stream.open(last_event_id)
+        chunk, done = stream.render(initial, live=False)
         if chunk:
             yield chunk
         if done:
             return
+        keepalive = runtime.settings.keepalive_seconds
+        async for batch in runtime.feed.subscribe(workflow.id, follow_from, idle_timeout=keepalive):
+            if not batch:
+                yield KEEPALIVE
+                await stream.check_alive()
+                continue
+            chunk, done = stream.render(batch)
+            if chunk:
+                yield chunk
+            if done:
+                return
+    finally:
+        OPEN_STREAMS.dec()
 
 
 class _Stream:
@@ -127,11 +133,14 @@ class _Stream:
         """The events to send first and the cursor to follow the feed from."""
         position = _position(last_event_id)
         if position is not None and position[0] > 0:
-            try:  # a live cursor: exactly what came after it
+            try:  # a live cursor: exactly what came after it, to the next end of a round
                 events = await self.runtime.feed.read(self.workflow_id, last_event_id)
-                return events, events[-1].cursor if events else last_event_id
             except FeedGap:
                 position = None
+            else:
+                workflow = await Workflow.get(id=self.workflow_id)
+                self.running_round = workflow.round_number if workflow.status == RUNNING else 0
+                return events, events[-1].cursor if events else last_event_id
         return await self._snapshot(skip=position[1] if position else 0)
 
     async def _snapshot(self, skip: int) -> tuple[list[Event], str]:
@@ -163,6 +172,7 @@ class _Stream:
                 continue
             if wanted(event, self.categories):
                 out.append(frame(event.type, event.data_json, event.cursor))
+                EVENTS_SENT.inc()
             if event.type in END_EVENTS and event.data.get("roundNumber", 0) >= self.closing_round:
                 return "".join(out), True
             if event.type == "chatdata" and event.data["item"].get("role") == "user":

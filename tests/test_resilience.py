@@ -1,0 +1,88 @@
+"""What must survive: clients that drop, workers that die, feeds that expire."""
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from tests.conftest import MODES, stack_for
+from tests.sse import assistant_message, read_stream, reply_text
+from tests.test_contract import run_round, start
+
+
+async def gauge(client, name: str) -> float:
+    text = (await client.get("/metrics")).text
+    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+
+
+async def wait_for_gauge(client, name: str, predicate, timeout: float = 5.0) -> float:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await gauge(client, name)
+        if predicate(value) or asyncio.get_running_loop().time() > deadline:
+            return value
+        await asyncio.sleep(0.1)
+
+
+async def test_a_client_that_goes_away_frees_its_stream_and_subscription(client, server):
+    started, _ = await run_round(client)
+    streams_before = await gauge(client, "chat_sse_streams")
+    subscriptions_before = await gauge(client, "chat_feed_subscriptions")
+    readers = [asyncio.create_task(read_stream(client, started["streamUrl"], timeout=60)) for _ in range(5)]
+    assert await wait_for_gauge(client, "chat_feed_subscriptions", lambda v: v >= subscriptions_before + 5) >= subscriptions_before + 5
+    assert await gauge(client, "chat_sse_streams") >= streams_before + 5
+    for reader in readers:
+        reader.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    # freed within a keepalive period (1 s here)
+    assert await wait_for_gauge(client, "chat_feed_subscriptions", lambda v: v <= subscriptions_before, 3) <= subscriptions_before
+    assert await wait_for_gauge(client, "chat_sse_streams", lambda v: v <= streams_before, 3) <= streams_before
+
+
+async def test_a_client_dropping_mid_reply_loses_nothing_stored(client, server):
+    started = await start(client)
+    head = await read_stream(client, started["streamUrl"], limit=5)  # then the connection drops
+    events = head + await read_stream(client, started["streamUrl"], last_event_id=head[-1].id)
+    reply = assistant_message(events)
+    assert reply_text(events, reply["id"]) == reply["content"]
+    detail = (await client.get(f"/api/chatbot/{started['workflowId']}")).json()
+    assert [i["item"]["role"] for i in detail["items"] if i["type"] == "message"] == ["user", "assistant"]
+
+
+async def test_a_worker_killed_mid_reply_ends_the_round_with_an_error(client, server):
+    if server.mode != "redis":
+        pytest.skip("workers are separate processes in Redis mode only")
+    started = await start(client, "this worker will die")
+    head = await read_stream(client, started["streamUrl"], limit=6)
+    assert head[-1].kind == "delta"
+    for worker in list(server.workers):
+        server.kill_worker(worker)
+    try:
+        rest = await read_stream(client, started["streamUrl"], last_event_id=head[-1].id, timeout=20)
+    finally:
+        server.start_worker()
+        server.start_worker()
+    assert rest[-1].event == "error" and rest[-1].data["code"] == "worker_lost"
+    detail = (await client.get(f"/api/chatbot/{started['workflowId']}")).json()
+    assert detail["workflow"]["status"] == "failed"
+    assert [i["item"]["role"] for i in detail["items"] if i["type"] == "message"] == ["user"]
+    _, events = await run_round(client, "and again", started["workflowId"])  # the conversation goes on
+    assert events[-1].event == "complete"
+
+
+@pytest.fixture(scope="module", params=MODES)
+def short_retention_server(request):
+    with stack_for(request, request.param, {"FEED_RETENTION_SECONDS": "0.5"}) as stack:
+        yield stack
+
+
+async def test_a_cursor_older_than_the_feed_gets_the_stored_items_again(short_retention_server):
+    async with short_retention_server.client() as http:
+        started, events = await run_round(http)
+        await asyncio.sleep(1.5)  # the round's feed has expired
+        stored = (await http.get(f"/api/chatbot/{started['workflowId']}")).json()["items"]
+        resumed = await read_stream(http, started["streamUrl"], last_event_id=events[3].id, limit=len(stored))
+        assert [(e.kind, e.item) for e in resumed] == [(i["type"], i["item"]) for i in stored]
+        _, second = await run_round(http, "after expiry", started["workflowId"])
+        assert second[-1].event == "complete"
