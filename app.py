@@ -45,7 +45,7 @@ def create_app(test_config: dict | None = None) -> Quart:
 def _lifespan(app: Quart, settings: Settings) -> None:
     @app.before_serving
     async def open_services() -> None:
-        await open_db(settings.database_url)
+        await open_db(settings.database_url, migrate=True)
         if settings.redis_url is None:  # embedded: rounds of an earlier process died with it
             await Workflow.filter(status=RUNNING).update(status=FAILED, updated_at=time.time())
         app.extensions["chat_runtime"] = await Runtime.open(settings, runs_jobs=settings.redis_url is None)

@@ -184,8 +184,10 @@ async def test_stop_mid_reply_keeps_the_text_so_far(client):
 
 async def test_stop_does_not_reach_the_next_round(client):
     first = await start(client)
+    head = await read_stream(client, first["streamUrl"], limit=1)
     await client.post(f"/api/chatbot/{first['workflowId']}/stop")
-    await read_stream(client, first["streamUrl"])
+    stopped = await read_stream(client, first["streamUrl"], last_event_id=head[-1].id)
+    assert stopped[-1].event == "stopped"
     second, events = await run_round(client, "next", first["workflowId"])
     assert events[-1].event == "complete"
 
