@@ -25,6 +25,8 @@ def redis_url():
 def postgres_admin_url():
     url = os.environ.get("TEST_POSTGRES_URL")
     if not url:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the PostgreSQL tests: set TEST_POSTGRES_URL")
         pytest.skip("TEST_POSTGRES_URL is not set")
     return url
 
