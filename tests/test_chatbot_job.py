@@ -1,0 +1,65 @@
+"""The chatbot job run twice (a worker died, arq retried it): nothing stored twice, and the
+round always ends."""
+from __future__ import annotations
+
+import pytest
+
+from config import Settings
+from events import ORIGIN
+from models import COMPLETED, FAILED, RUNNING, Message, Workflow, round_item_id
+from models.db import close_db, open_db
+from tasks.chatbot import run_chatbot
+from tasks.runtime import Runtime
+
+
+@pytest.fixture
+async def runtime(tmp_path):
+    await open_db(f"sqlite://{tmp_path / 'job.sqlite3'}", migrate=True)
+    settings = Settings.from_env(database_url="", redis_url=None, secret_key="test", demo_reply_tokens=5, demo_token_interval_ms=1)
+    opened = await Runtime.open(settings, runs_jobs=True)
+    yield opened
+    await opened.close()
+    await close_db()
+
+
+async def running_round(prompt: str = "hello") -> Workflow:
+    workflow = await Workflow.create(owner_id="someone", status=RUNNING, round_number=1)
+    await Message.create(id=round_item_id(workflow.id, 1, "user"), workflow=workflow, role="user", content=prompt, round_number=1)
+    return workflow
+
+
+async def event_types(runtime: Runtime, workflow: Workflow) -> list[str]:
+    return [e.type for e in await runtime.feed.read(workflow.id, ORIGIN)]
+
+
+async def test_a_round_completes_once_even_if_the_job_runs_again(runtime):
+    workflow = await running_round()
+    assert await run_chatbot({"runtime": runtime, "job_try": 1}, workflow.id, 1) == COMPLETED
+    assert await run_chatbot({"runtime": runtime, "job_try": 2}, workflow.id, 1) == "skipped: round is not running"
+    assert await Message.filter(workflow_id=workflow.id).count() == 2
+    assert (await event_types(runtime, workflow)).count("complete") == 1
+
+
+async def test_a_retry_after_the_reply_was_stored_just_completes_the_round(runtime):
+    workflow = await running_round()
+    await Message.create(id=round_item_id(workflow.id, 1, "assistant"), workflow=workflow, role="assistant", content="done", round_number=1)
+    assert await run_chatbot({"runtime": runtime, "job_try": 2}, workflow.id, 1) == "completed earlier"
+    assert await Message.filter(workflow_id=workflow.id, role="assistant").count() == 1
+    assert (await Workflow.get(id=workflow.id)).status == COMPLETED
+    assert await event_types(runtime, workflow) == ["complete"]
+
+
+async def test_a_retry_mid_reply_ends_the_round_with_an_error_not_a_second_reply(runtime):
+    workflow = await running_round()
+    assert await run_chatbot({"runtime": runtime, "job_try": 2}, workflow.id, 1) == "failed: worker lost"
+    assert await Message.filter(workflow_id=workflow.id, role="assistant").count() == 0
+    assert (await Workflow.get(id=workflow.id)).status == FAILED
+    [error] = await runtime.feed.read(workflow.id, ORIGIN)
+    assert (error.type, error.data["code"]) == ("error", "worker_lost")
+
+
+async def test_a_job_for_an_old_round_does_nothing(runtime):
+    workflow = await running_round()
+    await Workflow.filter(id=workflow.id).update(round_number=2)
+    assert await run_chatbot({"runtime": runtime, "job_try": 1}, workflow.id, 1) == "skipped: round is not running"
+    assert await event_types(runtime, workflow) == []
