@@ -27,7 +27,7 @@ def round_item_id(workflow_id: str, round_number: int, name: str) -> str:
 
 
 class Workflow(Model):
-    id = fields.CharField(pk=True, max_length=36, default=new_id)
+    id = fields.CharField(primary_key=True, max_length=36, default=new_id)
     owner_id = fields.CharField(max_length=64)
     status = fields.CharField(max_length=16, default=RUNNING)
     round_number = fields.IntField(default=1)
@@ -51,7 +51,7 @@ class Workflow(Model):
 
 
 class Message(Model):
-    id = fields.CharField(pk=True, max_length=36, default=new_id)
+    id = fields.CharField(primary_key=True, max_length=36, default=new_id)
     workflow = fields.ForeignKeyField("models.Workflow", related_name="messages", on_delete=fields.CASCADE)
     role = fields.CharField(max_length=16)
     content = fields.TextField()
@@ -75,7 +75,7 @@ class Message(Model):
 
 
 class Log(Model):
-    id = fields.CharField(pk=True, max_length=36, default=new_id)
+    id = fields.CharField(primary_key=True, max_length=36, default=new_id)
     workflow = fields.ForeignKeyField("models.Workflow", related_name="logs", on_delete=fields.CASCADE)
     message = fields.TextField()
     type = fields.CharField(max_length=32, default="step")
