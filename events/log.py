@@ -15,12 +15,12 @@ MAX_BATCH = 500  # events per yield, so one busy context cannot make a huge writ
 
 
 class ContextLog:
-    def __init__(self, max_events: int, floor: Cursor, whole: bool) -> None:
+    def __init__(self, max_events: int, floor: Cursor) -> None:
         self.max_events = max_events
         self.events: list[Event] = []
         self.positions: list[Cursor] = []
-        self.floor = floor  # a reader at or after it misses nothing
-        self.whole = whole  # nothing was ever dropped: a reader from the origin misses nothing
+        self.floor = floor  # a reader at or after it misses nothing; one at the origin
+        # asks for whatever is retained and never misses anything either
         self.readers = 0
         self._changed = asyncio.Event()
 
@@ -32,7 +32,7 @@ class ContextLog:
                 self.positions.append(position)
         if len(self.events) > self.max_events * 5 // 4:  # trim in steps, not on every append
             del self.events[: -self.max_events], self.positions[: -self.max_events]
-            self.floor, self.whole = self.positions[0], False
+            self.floor = self.positions[0]
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -40,11 +40,11 @@ class ContextLog:
         """Drop the events; readers at the tail go on, older cursors now get FeedGap."""
         if self.positions:
             self.floor = self.positions[-1]
-        self.events, self.positions, self.whole = [], [], False
+        self.events, self.positions = [], []
 
     def after(self, cursor: str) -> list[Event]:
         position = parse_cursor(cursor)
-        if position < self.floor and not (self.whole and position == (0, 0)):
+        if position < self.floor and position != (0, 0):
             raise FeedGap(cursor)
         start = bisect_right(self.positions, position)
         return self.events[start : start + MAX_BATCH]

@@ -111,7 +111,7 @@ class RedisFeed(EventFeed):
             tail = await self.redis.xrevrange(self.prefix + context_id, count=1)
             start = tail[0][0] if tail else ORIGIN
             if (context_log := self.logs.get(context_id)) is None:  # another subscriber may have won
-                context_log = self.logs[context_id] = ContextLog(self.max_events, floor=parse_cursor(start), whole=False)
+                context_log = self.logs[context_id] = ContextLog(self.max_events, floor=parse_cursor(start))
                 self.read_from[context_id] = start
                 await self._wake()
         context_log.readers += 1

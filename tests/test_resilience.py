@@ -86,3 +86,16 @@ async def test_a_cursor_older_than_the_feed_gets_the_stored_items_again(short_re
         assert [(e.kind, e.item) for e in resumed] == [(i["type"], i["item"]) for i in stored]
         _, second = await run_round(http, "after expiry", started["workflowId"])
         assert second[-1].event == "complete"
+
+
+async def test_streams_outlive_the_feed_expiring_under_them(short_retention_server):
+    async with short_retention_server.client() as http:
+        started, _ = await run_round(http)
+        follower = asyncio.create_task(read_stream(http, started["streamUrl"]))  # idle: waits for round 2
+        await asyncio.sleep(1.5)  # the feed expires while it is followed
+        stored = (await http.get(f"/api/chatbot/{started['workflowId']}")).json()["items"]
+        newcomer = await read_stream(http, started["streamUrl"], limit=len(stored))
+        assert [e.item for e in newcomer] == [i["item"] for i in stored]
+        second = await start(http, "round two", started["workflowId"])
+        events = await follower
+        assert events[-1].event == "complete" and second["messageId"] in {e.item.get("id") for e in events}
