@@ -1,44 +1,13 @@
-"""Background jobs. ``arq tasks.WorkerSettings`` runs a worker for the chatbot job."""
-from __future__ import annotations
+"""Background jobs: the chatbot job, its runtime and model providers.
 
-import logging
-
-from arq.connections import RedisSettings
-
-from config import Settings
-from models.db import close_db, open_db
-from tasks.chatbot import run_chatbot
-from tasks.control import RedisControl
-from tasks.runtime import Runtime
-
-_settings = Settings.from_env()
+``arq tasks.WorkerSettings`` runs a worker; the settings load on first use, so the web
+process can import this package without reading worker configuration.
+"""
 
 
-async def startup(ctx: dict) -> None:
-    logging.basicConfig(level=logging.INFO)
-    await open_db(_settings.database_url)
-    runtime = ctx["runtime"] = await Runtime.open(_settings, runs_jobs=True)
-    assert isinstance(runtime.control, RedisControl)
-    runtime.control.listen(_settings.redis_url)
+def __getattr__(name: str):
+    if name == "WorkerSettings":
+        from tasks.worker import WorkerSettings
 
-
-async def shutdown(ctx: dict) -> None:
-    if (runtime := ctx.get("runtime")) is not None:
-        await runtime.close()
-    await close_db()
-
-
-class WorkerSettings:
-    """arq settings for an I/O-bound chat job: many at once, picked up fast, stoppable."""
-
-    functions = [run_chatbot]
-    on_startup = startup
-    on_shutdown = shutdown
-    redis_settings = RedisSettings.from_dsn(_settings.redis_url or "redis://localhost:6379")
-    queue_name = _settings.queue_name
-    max_jobs = _settings.worker_max_jobs
-    poll_delay = 0.05
-    job_timeout = _settings.job_timeout_seconds
-    keep_result = 60
-    max_tries = 3
-    allow_abort_jobs = True
+        return WorkerSettings
+    raise AttributeError(name)
