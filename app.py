@@ -17,7 +17,7 @@ from config import Settings
 from models import FAILED, RUNNING, Workflow
 from models.db import close_db, open_db
 from tasks.runtime import Runtime
-from tasks.workflows import WorkflowNotFound
+from tasks.workflows import PromptTooLong, RoundRunning, WorkflowNotFound
 
 
 def create_app(test_config: dict | None = None) -> Quart:
@@ -68,6 +68,14 @@ def _errors(app: Quart) -> None:
     @app.errorhandler(WorkflowNotFound)
     async def not_found(_: WorkflowNotFound):
         return api_error(404, "not_found", "No such workflow.")
+
+    @app.errorhandler(RoundRunning)
+    async def round_running(_: RoundRunning):
+        return api_error(409, "round_running", "A reply is still being generated in this conversation. Stop it or wait.")
+
+    @app.errorhandler(PromptTooLong)
+    async def prompt_too_long(error: PromptTooLong):
+        return api_error(413, "prompt_too_long", str(error))
 
     @app.errorhandler(RequestSchemaValidationError)
     async def invalid(error: RequestSchemaValidationError):

@@ -8,7 +8,7 @@ from quart import Blueprint, request, url_for
 from quart_schema import validate_request
 
 from blueprints import api_error, runtime, sse_response, user_id
-from tasks.workflows import RoundRunning, list_workflows, owned_workflow, start_round, stop_round, stream_workflow, workflow_detail
+from tasks.workflows import list_workflows, owned_workflow, start_round, stop_round, stream_workflow, workflow_detail
 
 bp = Blueprint("chat", __name__, url_prefix="/api/chatbot")
 
@@ -43,24 +43,11 @@ def json_object(handler):
     return checked
 
 
-async def _start(data: StartChat):
-    limit = runtime().settings.max_prompt_chars
-    if len(data.prompt) > limit:
-        return None, api_error(413, "prompt_too_long", f"The prompt is {len(data.prompt)} characters; the limit is {limit}.")
-    try:
-        return await start_round(runtime(), user_id(), data.prompt, data.workflowId), None
-    except RoundRunning:
-        return None, api_error(409, "round_running", "A reply is still being generated in this conversation. Stop it or wait.")
-
-
 @bp.post("/start")
 @json_object
 @validate_request(StartChat)
 async def start(data: StartChat):
-    started, error = await _start(data)
-    if error:
-        return error
-    workflow, message = started
+    workflow, message = await start_round(runtime(), user_id(), data.prompt, data.workflowId)
     stream_url = url_for("stream.stream", workflow_id=workflow.id)
     return {"workflowId": workflow.id, "messageId": message.id, "streamUrl": stream_url}, 202
 
@@ -69,10 +56,7 @@ async def start(data: StartChat):
 @json_object
 @validate_request(StartChat)
 async def start_and_stream(data: StartChat):
-    started, error = await _start(data)
-    if error:
-        return error
-    workflow, _ = started
+    workflow, _ = await start_round(runtime(), user_id(), data.prompt, data.workflowId)
     return await sse_response(stream_workflow(runtime(), workflow, None, None))
 
 

@@ -23,6 +23,11 @@ class RoundRunning(Exception):
     pass
 
 
+class PromptTooLong(Exception):
+    def __init__(self, length: int, limit: int) -> None:
+        super().__init__(f"The prompt is {length} characters; the limit is {limit}.")
+
+
 async def owned_workflow(owner_id: str, workflow_id: str) -> Workflow:
     """The workflow if it exists and is this user's: others' look exactly like missing ones."""
     workflow = await Workflow.get_or_none(id=workflow_id, owner_id=owner_id)
@@ -34,6 +39,8 @@ async def owned_workflow(owner_id: str, workflow_id: str) -> Workflow:
 async def start_round(runtime: Runtime, owner_id: str, prompt: str, workflow_id: str | None) -> tuple[Workflow, Message]:
     """Store the user's message, emit it and enqueue the chatbot: a new conversation or
     the next round of an existing one (RoundRunning while a round still runs)."""
+    if len(prompt) > runtime.settings.max_prompt_chars:
+        raise PromptTooLong(len(prompt), runtime.settings.max_prompt_chars)
     if workflow_id is None:
         workflow = await Workflow.create(owner_id=owner_id, title=_title(prompt))
     else:
