@@ -173,21 +173,25 @@ class _Stream:
 
     def render(self, events: list[Event], live: bool = True) -> tuple[str, bool]:
         """SSE text for a batch, and whether the stream ends with it."""
-        out = []
+        out, done = [], False
         for event in events:
             if live and self._seen(event):
                 continue
             if wanted(event, self.categories):
                 out.append(frame(event.type, event.data_json, event.cursor))
-                EVENTS_SENT.inc()
             if event.type in END_EVENTS and event.data.get("roundNumber", 0) >= self.closing_round:
-                return "".join(out), True
-            if event.type == "chatdata" and event.data["item"].get("role") == "user":
+                done = True
+                break
+            # Decoding every delta would cost more than the rest of this loop: look first.
+            if event.type == "chatdata" and '"role":"user"' in event.data_json:
                 self.running_round = max(self.running_round, event.data["item"]["roundNumber"])
-        return "".join(out), False
+        EVENTS_SENT.inc(len(out))
+        return "".join(out), done
 
     def _seen(self, event: Event) -> bool:
         if not self.sent_ids or event.type != "chatdata":
+            return False
+        if not any(sent in event.data_json for sent in self.sent_ids):  # cheaper than decoding
             return False
         item = event.data["item"]
         return item.get("id", item.get("messageId")) in self.sent_ids
