@@ -30,6 +30,7 @@ def create_app(test_config: dict | None = None) -> Quart:
         SESSION_COOKIE_SAMESITE="Lax",
         PERMANENT_SESSION_LIFETIME=365 * 24 * 3600,
         SESSION_REFRESH_EACH_REQUEST=False,
+        SEND_FILE_MAX_AGE_DEFAULT=0,  # revalidate assets (ETag), so a deploy reaches every browser
         MAX_CONTENT_LENGTH=4 * settings.max_prompt_chars + 64 * 1024,
         QUART_SCHEMA_CONVERSION_PREFERENCE="pydantic",
     )
@@ -59,6 +60,8 @@ def _lifespan(app: Quart, settings: Settings) -> None:
 def _identity(app: Quart) -> None:
     @app.before_request
     async def anonymous_user() -> None:
+        if request.endpoint == "static":  # assets need no user
+            return
         if not isinstance(session.get("uid"), str):
             session["uid"] = uuid.uuid4().hex
             session.permanent = True

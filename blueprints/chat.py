@@ -31,10 +31,11 @@ def json_object(handler):
 
     @wraps(handler)
     async def checked(*args, **kwargs):
+        body = await request.get_data(as_text=True)  # read it all, so the connection stays usable
         if not request.is_json:
             return api_error(415, "unsupported_media_type", "Send the body as application/json.")
         data = await request.get_json(silent=True)
-        if data is None and (await request.get_data(as_text=True)).strip() != "null":
+        if data is None and body.strip() != "null":
             return api_error(400, "invalid_json", "The body is not valid JSON.")
         if not isinstance(data, dict):
             return api_error(400, "invalid_body", "The body must be a JSON object.")

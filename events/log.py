@@ -15,12 +15,14 @@ MAX_BATCH = 500  # events per yield, so one busy context cannot make a huge writ
 
 
 class ContextLog:
-    def __init__(self, max_events: int, floor: Cursor) -> None:
+    def __init__(self, max_events: int, floor: Cursor, *, holds_origin: bool) -> None:
         self.max_events = max_events
         self.events: list[Event] = []
         self.positions: list[Cursor] = []
-        self.floor = floor  # a reader at or after it misses nothing; one at the origin
-        # asks for whatever is retained and never misses anything either
+        self.floor = floor  # a reader at or after it misses nothing
+        # True where this log is the whole feed (memory): a reader from the origin asks
+        # for whatever is retained. A Redis-side copy sends such readers to Redis.
+        self.holds_origin = holds_origin
         self.readers = 0
         self._changed = asyncio.Event()
 
@@ -44,7 +46,7 @@ class ContextLog:
 
     def after(self, cursor: str) -> list[Event]:
         position = parse_cursor(cursor)
-        if position < self.floor and position != (0, 0):
+        if position < self.floor and not (self.holds_origin and position == (0, 0)):
             raise FeedGap(cursor)
         start = bisect_right(self.positions, position)
         return self.events[start : start + MAX_BATCH]
@@ -65,7 +67,10 @@ async def follow(
     idle_timeout: float | None,
     read_older: Callable[[str], Awaitable[list[Event]]],
 ) -> AsyncIterator[list[Event]]:
-    """Follow a log from a cursor; ``read_older`` serves cursors the log no longer holds."""
+    """Follow a log from a cursor; ``read_older`` serves cursors the log no longer holds.
+    An empty batch means nothing was delivered for ``idle_timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = None if idle_timeout is None else loop.time() + idle_timeout
     while True:
         try:
             batch = log.after(after)
@@ -75,6 +80,10 @@ async def follow(
             after = batch[-1].cursor
             if selected := [e for e in batch if wanted(e, categories)]:
                 yield selected
+                deadline = None if idle_timeout is None else loop.time() + idle_timeout
             continue
-        if not await log.wait(idle_timeout):
+        if deadline is not None and loop.time() >= deadline:
             yield []
+            deadline = loop.time() + idle_timeout
+            continue
+        await log.wait(None if deadline is None else deadline - loop.time())

@@ -24,7 +24,7 @@ class MemoryFeed(EventFeed):
     def _log(self, context_id: str) -> ContextLog:
         # A context seen for the first time: cursors from an earlier life of it are gaps.
         if (log := self.logs.get(context_id)) is None:
-            log = self.logs[context_id] = ContextLog(self.max_events, floor=(_now_ms(), 0))
+            log = self.logs[context_id] = ContextLog(self.max_events, floor=(_now_ms(), 0), holds_origin=True)
         return log
 
     async def emit(self, context_id: str, event_type: str, data: dict, category: str = "default") -> str:

@@ -111,7 +111,7 @@ class RedisFeed(EventFeed):
             tail = await self.redis.xrevrange(self.prefix + context_id, count=1)
             start = tail[0][0] if tail else ORIGIN
             if (context_log := self.logs.get(context_id)) is None:  # another subscriber may have won
-                context_log = self.logs[context_id] = ContextLog(self.max_events, floor=parse_cursor(start))
+                context_log = self.logs[context_id] = ContextLog(self.max_events, floor=parse_cursor(start), holds_origin=False)
                 self.read_from[context_id] = start
                 await self._wake()
         context_log.readers += 1
@@ -123,7 +123,7 @@ class RedisFeed(EventFeed):
         await self.redis.xadd(self.wake_key, {"w": "1"}, maxlen=1)
 
     async def _read_forever(self) -> None:
-        wake_from, backoff = "$", 0.1
+        wake_from, backoff = ORIGIN, 0.1  # the wake stream is ours alone and holds one entry
         while True:
             streams = {self.wake_key: wake_from} | {self.prefix + c: cursor for c, cursor in self.read_from.items()}
             try:

@@ -1,6 +1,7 @@
 """Conversations as the API sees them: start a round, stop it, read it, stream it."""
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -112,15 +113,16 @@ async def stream_workflow(
             yield chunk
         if done:
             return
-        keepalive = runtime.settings.keepalive_seconds
+        keepalive, loop = runtime.settings.keepalive_seconds, asyncio.get_running_loop()
+        last_write = loop.time()
         async for batch in runtime.feed.subscribe(workflow.id, follow_from, idle_timeout=keepalive):
-            if not batch:
-                yield KEEPALIVE
-                await stream.check_alive()
-                continue
             chunk, done = stream.render(batch)
+            if not chunk and loop.time() - last_write >= keepalive:  # idle, or all filtered out
+                chunk = KEEPALIVE
+                await stream.check_alive()
             if chunk:
                 yield chunk
+                last_write = loop.time()
             if done:
                 return
     finally:

@@ -1,0 +1,181 @@
+"""The models against real databases: SQLite always, PostgreSQL when TEST_POSTGRES_URL names
+a server (a fresh database is created on it and dropped afterwards). The schema is the one
+production gets: open_db(..., migrate=True) applies the aerich migrations."""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+
+import pytest
+from tortoise.exceptions import IntegrityError
+
+from models import COMPLETED, RUNNING, STOPPED, Log, Message, Workflow, chat_items, round_item_id
+from models.db import close_db, open_db
+from tests.servers import postgres_database
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def database_url(request, tmp_path_factory):
+    if request.param == "sqlite":
+        yield f"sqlite://{tmp_path_factory.mktemp('models') / 'chat.sqlite3'}"
+        return
+    admin = os.environ.get("TEST_POSTGRES_URL")
+    if not admin:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but TEST_POSTGRES_URL is not: the PostgreSQL model tests must run in CI")
+        pytest.skip("TEST_POSTGRES_URL is not set")
+    with postgres_database(admin) as url:
+        yield url
+
+
+@pytest.fixture
+async def db(database_url):
+    await open_db(database_url, migrate=True)  # a second run on the same database is a no-op
+    try:
+        yield database_url
+    finally:
+        await close_db()
+
+
+async def new_workflow(**fields) -> Workflow:
+    return await Workflow.create(owner_id=fields.pop("owner_id", f"user-{uuid.uuid4().hex[:8]}"), **fields)
+
+
+async def test_create_a_workflow_with_messages_and_logs(db):
+    before = time.time()
+    workflow = await new_workflow(owner_id="user-1", title="Hello there")
+    assert (workflow.status, workflow.round_number) == (RUNNING, 1)
+    assert len(workflow.id) == 36 and before <= workflow.created_at <= time.time()
+
+    user = await Message.create(workflow=workflow, role="user", content="Hello there", round_number=1)
+    step = await Log.create(workflow=workflow, message="thinking", round_number=1)
+    reply = await Message.create(workflow=workflow, role="assistant", content="Hi! ünï 🌍\nsecond line", round_number=1)
+
+    stored = await Workflow.get(id=workflow.id)
+    assert stored.to_dict() == workflow.to_dict()
+    assert stored.to_dict() == {
+        "id": workflow.id,
+        "status": RUNNING,
+        "title": "Hello there",
+        "roundNumber": 1,
+        "createdAt": workflow.created_at,
+        "updatedAt": workflow.updated_at,
+    }
+    assert (await Message.get(id=reply.id)).to_item() == {
+        "id": reply.id,
+        "workflowId": workflow.id,
+        "role": "assistant",
+        "content": "Hi! ünï 🌍\nsecond line",
+        "createdAt": reply.created_at,
+        "roundNumber": 1,
+    }
+    assert (await Log.get(id=step.id)).to_item() == {
+        "id": step.id,
+        "workflowId": workflow.id,
+        "message": "thinking",
+        "type": "step",
+        "status": "done",
+        "createdAt": step.created_at,
+        "roundNumber": 1,
+    }
+    assert {m.id for m in await workflow.messages.all()} == {user.id, reply.id}
+    assert [entry.id for entry in await workflow.logs.all()] == [step.id]
+
+
+async def test_chat_items_are_oldest_first(db):
+    workflow, other = await new_workflow(), await new_workflow()
+    t = 1_700_000_000.0
+    # written out of order, as a retried job or a slow writer could
+    rows = [
+        await Message.create(workflow=workflow, role="assistant", content="reply 1", round_number=1, created_at=t + 3.5),
+        await Log.create(workflow=workflow, message="step 2", round_number=1, created_at=t + 2.25),
+        await Message.create(workflow=workflow, role="user", content="prompt 1", round_number=1, created_at=t + 0.001),
+        await Log.create(workflow=workflow, message="step 1", round_number=1, created_at=t + 1.125),
+        await Message.create(workflow=workflow, role="user", content="prompt 2", round_number=2, created_at=t + 10.0),
+        await Log.create(workflow=workflow, message="step 3", round_number=2, created_at=t + 10.000001),
+        await Message.create(workflow=workflow, role="assistant", content="reply 2", round_number=2, created_at=t + 11.0),
+    ]
+    await Message.create(workflow=other, role="user", content="someone else", round_number=1, created_at=t + 5)
+    await Log.create(workflow=other, message="someone else's step", round_number=1, created_at=t + 6)
+
+    items = await chat_items(workflow.id)
+    expected = sorted(rows, key=lambda row: row.created_at)
+    assert [row.id for _, _, row in items] == [row.id for row in expected]
+    assert [kind for kind, _, _ in items] == ["message", "log", "log", "message", "message", "log", "message"]
+    assert [item["createdAt"] for _, item, _ in items] == sorted(row.created_at for row in rows)
+    for kind, item, row in items:
+        assert item == row.to_item()
+        assert item["workflowId"] == workflow.id
+        assert ("content" in item) == (kind == "message")
+    assert await chat_items(str(uuid.uuid4())) == []
+
+
+async def test_one_message_per_role_and_round(db):
+    workflow = await new_workflow()
+    await Message.create(workflow=workflow, role="user", content="prompt", round_number=1)
+    await Message.create(workflow=workflow, role="assistant", content="first", round_number=1)
+    with pytest.raises(IntegrityError):
+        await Message.create(workflow=workflow, role="assistant", content="a second reply to the same round", round_number=1)
+    # the same role in another round, or in another workflow, is fine
+    await Message.create(workflow=workflow, role="assistant", content="next round", round_number=2)
+    await Message.create(workflow=await new_workflow(), role="assistant", content="elsewhere", round_number=1)
+    replies = await Message.filter(workflow_id=workflow.id, role="assistant").order_by("round_number")
+    assert [(m.round_number, m.content) for m in replies] == [(1, "first"), (2, "next round")]
+
+
+def test_round_item_id_is_deterministic():
+    workflow_id = str(uuid.uuid4())
+    first = round_item_id(workflow_id, 1, "assistant")
+    assert first == round_item_id(workflow_id, 1, "assistant")
+    assert str(uuid.UUID(first)) == first and len(first) == 36
+    others = {
+        round_item_id(workflow_id, 2, "assistant"),
+        round_item_id(workflow_id, 1, "user"),
+        round_item_id(workflow_id, 1, "log-0"),
+        round_item_id(str(uuid.uuid4()), 1, "assistant"),
+    }
+    assert first not in others and len(others) == 4
+    # fixed across processes and versions: stored rows are found again by recomputing it
+    assert round_item_id("00000000-0000-0000-0000-000000000000", 1, "assistant") == str(
+        uuid.uuid5(uuid.UUID("6f1c8a52-9d8e-4d54-a1f7-0c3a4b6e2d11"), "00000000-0000-0000-0000-000000000000/1/assistant")
+    )
+
+
+async def test_a_job_that_runs_twice_finds_its_own_rows(db):
+    workflow = await new_workflow()
+    reply_id = round_item_id(workflow.id, 1, "assistant")
+    log_id = round_item_id(workflow.id, 1, "log-0")
+    await Message.create(id=reply_id, workflow=workflow, role="assistant", content="partial", round_number=1)
+    await Log.create(id=log_id, workflow=workflow, message="step", round_number=1)
+    with pytest.raises(IntegrityError):
+        await Log.create(id=round_item_id(workflow.id, 1, "log-0"), workflow=workflow, message="step again", round_number=1)
+    again, created = await Message.get_or_create(
+        id=round_item_id(workflow.id, 1, "assistant"), defaults={"workflow": workflow, "role": "assistant", "content": "x", "round_number": 1}
+    )
+    assert not created and again.content == "partial"
+    assert await Message.filter(workflow_id=workflow.id).count() == 1
+    assert await Log.filter(workflow_id=workflow.id).count() == 1
+
+
+async def test_conditional_status_update_changes_one_row_once(db):
+    workflow, bystander = await new_workflow(), await new_workflow()
+    now = time.time()
+    assert await Workflow.filter(id=workflow.id, status=RUNNING).update(status=COMPLETED, updated_at=now) == 1
+    assert await Workflow.filter(id=workflow.id, status=RUNNING).update(status=STOPPED, updated_at=now + 1) == 0
+    stored = await Workflow.get(id=workflow.id)
+    assert (stored.status, stored.updated_at) == (COMPLETED, now)
+    assert (await Workflow.get(id=bystander.id)).status == RUNNING
+    assert await Workflow.filter(id=str(uuid.uuid4()), status=RUNNING).update(status=COMPLETED) == 0
+
+
+async def test_concurrent_conditional_updates_have_one_winner(db):
+    """A stop and the job's own completion racing: exactly one of them changes the row."""
+    workflow = await new_workflow()
+    results = await asyncio.gather(
+        *(Workflow.filter(id=workflow.id, status=RUNNING).update(status=status) for status in [COMPLETED, STOPPED] * 4)
+    )
+    assert sorted(results) == [0] * 7 + [1]
+    winner = [COMPLETED, STOPPED][results.index(1) % 2]
+    assert (await Workflow.get(id=workflow.id)).status == winner
