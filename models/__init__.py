@@ -32,6 +32,8 @@ class Workflow(Model):
     status = fields.CharField(max_length=16, default=RUNNING)
     round_number = fields.IntField(default=1)
     title = fields.CharField(max_length=120, default="")
+    error_code = fields.CharField(max_length=64, default="")  # why the last round failed
+    error_message = fields.CharField(max_length=500, default="")
     created_at = fields.FloatField(default=time.time)
     updated_at = fields.FloatField(default=time.time)
 
@@ -47,6 +49,7 @@ class Workflow(Model):
             "roundNumber": self.round_number,
             "createdAt": self.created_at,
             "updatedAt": self.updated_at,
+            "error": {"code": self.error_code, "message": self.error_message} if self.status == FAILED else None,
         }
 
 

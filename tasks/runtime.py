@@ -88,7 +88,7 @@ async def end_round(runtime: Runtime, workflow_id: str, round_number: int, statu
     """Move a running round to its final status and emit its end event, exactly once:
     whoever wins the conditional update (job, stop, liveness check) sends the event."""
     updated = await Workflow.filter(id=workflow_id, round_number=round_number, status=RUNNING).update(
-        status=status, updated_at=time.time()
+        status=status, updated_at=time.time(), error_code=code, error_message=message[:500]
     )
     if not updated:
         return False

@@ -66,6 +66,7 @@ async def test_a_worker_killed_mid_reply_ends_the_round_with_an_error(client, se
     assert rest[-1].event == "error" and rest[-1].data["code"] == "worker_lost"
     detail = (await client.get(f"/api/chatbot/{started['workflowId']}")).json()
     assert detail["workflow"]["status"] == "failed"
+    assert detail["workflow"]["error"]["code"] == "worker_lost"
     assert [i["item"]["role"] for i in detail["items"] if i["type"] == "message"] == ["user"]
     _, events = await run_round(client, "and again", started["workflowId"])  # the conversation goes on
     assert events[-1].event == "complete"
