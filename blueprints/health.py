@@ -36,4 +36,5 @@ async def readyz():
 
 
 async def _database() -> None:
-    await connections.get("default").execute_query("SELECT 1")
+    for connection in connections.all():
+        await connection.execute_query("SELECT 1")

@@ -12,26 +12,31 @@ from tortoise import Tortoise
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
+def dialect(database_url: str) -> str:
+    return "postgres" if database_url.startswith(("postgres://", "asyncpg://", "psycopg://")) else "sqlite"
+
+
 def tortoise_config(database_url: str) -> dict:
+    # The connection is named after its dialect: Tortoise caches SQL per connection name,
+    # and a process that opens SQLite and then PostgreSQL (the tests) must not share it.
+    name = dialect(database_url)
     return {
-        "connections": {"default": database_url},
-        "apps": {"models": {"models": ["models", "aerich.models"], "default_connection": "default"}},
+        "connections": {name: database_url},
+        "apps": {"models": {"models": ["models", "aerich.models"], "default_connection": name}},
     }
 
 
 def migrations_for(database_url: str) -> Path:
-    dialect = "postgres" if database_url.startswith(("postgres://", "asyncpg://", "psycopg://")) else "sqlite"
-    return MIGRATIONS / dialect
+    return MIGRATIONS / dialect(database_url)
 
 
 async def open_db(database_url: str, *, migrate: bool = False) -> None:
     config = tortoise_config(database_url)
+    await Tortoise.init(config=config)  # first: aerich reuses an initialised Tortoise as it is
     if migrate:
         command = Command(tortoise_config=config, app="models", location=str(migrations_for(database_url)))
         await command.init()
         await command.upgrade(run_in_transaction=True)
-    else:
-        await Tortoise.init(config=config)
 
 
 async def close_db() -> None:
