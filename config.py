@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 DATA_DIR = Path(os.environ.get("DATA_DIR", Path(__file__).parent / "data"))
@@ -21,6 +21,8 @@ def _secret_key() -> str:
 
 @dataclass(frozen=True)
 class Settings:
+    """Each field is read from the environment variable of its name in upper case."""
+
     database_url: str = f"sqlite://{DATA_DIR / 'chat.sqlite3'}"
     redis_url: str | None = None
     secret_key: str = ""
@@ -34,6 +36,7 @@ class Settings:
     openai_first_token_timeout: float = 60.0
     openai_stall_timeout: float = 30.0
     openai_max_retries: int = 3
+    openai_retry_backoff: float = 0.5  # seconds before the first retry; doubles each retry
     demo_reply_tokens: int = 40
     demo_token_interval_ms: float = 25.0
     max_prompt_chars: int = 8000
@@ -44,7 +47,6 @@ class Settings:
     lease_seconds: float = 10.0
     queue_name: str = "arq:queue"
     key_prefix: str = "chat:"
-    openai_retry_backoff: float = 0.5  # seconds before the first retry; doubles each retry
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -60,10 +62,13 @@ class Settings:
 
 def _coerce(cls, name: str, value: str):
     kind = {f.name: f.type for f in fields(cls)}[name]
-    if kind == "int":
-        return int(value)
-    if kind == "float":
-        return float(value)
+    try:
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+    except ValueError:
+        raise ValueError(f"{name.upper()}={value!r} is not a valid {kind}") from None
     if kind == "str | None":
         return value or None
     return value
