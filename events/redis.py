@@ -1,7 +1,7 @@
 """The Redis Streams feed: one stream per context, shared by every web and worker process.
 
-A web process holds three connections however many streams it serves: two for commands
-(writes are coalesced into one pipeline per event-loop turn) and one that blocks in a
+A process holds a fixed number of connections however many streams it serves: a few for
+commands (writes are coalesced into one pipeline per event-loop turn) and one that blocks in a
 single XREAD over every context its subscribers follow, filling local ContextLogs that
 the subscribers read, so N subscribers of a context cost one read, not N.
 """
@@ -27,11 +27,13 @@ WAKE_DEBOUNCE = 0.005
 
 
 class RedisFeed(EventFeed):
-    def __init__(self, url: str, retention_seconds: float = 60.0, max_events: int = 10_000, key_prefix: str = "chat:") -> None:
+    def __init__(
+        self, url: str, retention_seconds: float = 60.0, max_events: int = 10_000, key_prefix: str = "chat:", connections: int = 2
+    ) -> None:
         self.retention_seconds = retention_seconds
         self.max_events = max_events
         self.prefix = f"{key_prefix}feed:"
-        self.redis = Redis(connection_pool=BlockingConnectionPool.from_url(url, max_connections=2, decode_responses=True))
+        self.redis = Redis(connection_pool=BlockingConnectionPool.from_url(url, max_connections=connections, decode_responses=True))
         self.reader = Redis.from_url(url, decode_responses=True, single_connection_client=True)
         self.wake_key = f"{key_prefix}wake:{uuid.uuid4().hex}"
         self.logs: dict[str, ContextLog] = {}
@@ -57,6 +59,7 @@ class RedisFeed(EventFeed):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for key, fields, _ in pending:
                     pipe.xadd(key, fields, maxlen=self.max_events, approximate=True)
+                for key in {key for key, _, _ in pending}:
                     pipe.expire(key, ABANDONED_TTL)
                 results = await pipe.execute()
         except Exception as exc:
@@ -64,7 +67,7 @@ class RedisFeed(EventFeed):
                 if not future.done():
                     future.set_exception(exc)
             return
-        for (*_, future), cursor in zip(pending, results[::2]):
+        for (*_, future), cursor in zip(pending, results):
             if not future.done():
                 future.set_result(cursor)
 

@@ -20,6 +20,10 @@ def tortoise_config(database_url: str) -> dict:
     # The connection is named after its dialect: Tortoise caches SQL per connection name,
     # and a process that opens SQLite and then PostgreSQL (the tests) must not share it.
     name = dialect(database_url)
+    if name == "sqlite" and "synchronous=" not in database_url:
+        # WAL with synchronous=NORMAL survives any process crash (a worker dying mid-reply)
+        # and skips an fsync per commit; add ?synchronous=FULL to survive power loss too.
+        database_url += ("&" if "?" in database_url else "?") + "synchronous=NORMAL"
     return {
         "connections": {name: database_url},
         "apps": {"models": {"models": ["models", "aerich.models"], "default_connection": name}},

@@ -37,7 +37,7 @@ class WorkerSettings:
     redis_settings = RedisSettings.from_dsn(_settings.redis_url or "redis://localhost:6379")
     queue_name = _settings.queue_name
     max_jobs = _settings.worker_max_jobs
-    poll_delay = 0.05
+    poll_delay = 0.01  # arq's 0.5 s default would come before every first token
     job_timeout = _settings.job_timeout_seconds
     keep_result = 60
     max_tries = 3

@@ -109,6 +109,7 @@ async def stream_workflow(
     try:
         initial, follow_from = await stream.open(last_event_id)
         chunk, done = stream.render(initial, live=False)
+        del initial  # an idle stream lives long: keep no snapshot around
         if chunk:
             yield chunk
         if done:
@@ -125,6 +126,10 @@ async def stream_workflow(
                 last_write = loop.time()
             if done:
                 return
+    except FeedGap:
+        # This client fell behind what the feed retains (or the feed expired under it):
+        # end the response; its reconnection with Last-Event-ID gets a fresh snapshot.
+        return
     finally:
         OPEN_STREAMS.dec()
 
@@ -185,7 +190,7 @@ class _Stream:
                 done = True
                 break
             # Decoding every delta would cost more than the rest of this loop: look first.
-            if event.type == "chatdata" and '"role":"user"' in event.data_json:
+            if live and event.type == "chatdata" and '"role":"user"' in event.data_json:
                 self.running_round = max(self.running_round, event.data["item"]["roundNumber"])
         EVENTS_SENT.inc(len(out))
         return "".join(out), done
