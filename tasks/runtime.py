@@ -37,11 +37,11 @@ class Runtime:
         if settings.redis_url is None:
             feed = make_feed("memory://", **options)
             return cls(settings, feed, LocalControl(), make_provider(settings))
-        # A web process holds 4 Redis connections in all (feed: 1 + its reader; queue and
-        # control: 2); a worker, whose jobs write every event, shares more.
-        feed = make_feed(settings.redis_url, key_prefix=settings.key_prefix, connections=4 if runs_jobs else 1, **options)
+        # A web process holds 4 Redis connections in all (feed: 2 + its reader; queue and
+        # control: 1); a worker, whose jobs write every event, shares more.
+        feed = make_feed(settings.redis_url, key_prefix=settings.key_prefix, connections=4 if runs_jobs else 2, **options)
         arq = ArqRedis(
-            connection_pool=BlockingConnectionPool.from_url(settings.redis_url, max_connections=8 if runs_jobs else 2),
+            connection_pool=BlockingConnectionPool.from_url(settings.redis_url, max_connections=8 if runs_jobs else 1),
             default_queue_name=settings.queue_name,
         )
         control = RedisControl(arq, settings.key_prefix, settings.lease_seconds)
