@@ -5,7 +5,6 @@ Run it with ``hypercorn app:app``; tests and embedders call ``create_app()``.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 
 from quart import Quart, request, session
@@ -14,10 +13,9 @@ from werkzeug.exceptions import HTTPException
 
 from blueprints import api_error, chat, health, page, stream
 from config import Settings
-from models import FAILED, RUNNING, Workflow
 from models.db import close_db, open_db
 from tasks.runtime import Runtime
-from tasks.workflows import PromptTooLong, RoundRunning, WorkflowNotFound
+from tasks.workflows import PromptTooLong, RoundRunning, WorkflowNotFound, fail_orphaned_rounds
 
 
 def create_app(test_config: dict | None = None) -> Quart:
@@ -47,8 +45,8 @@ def _lifespan(app: Quart, settings: Settings) -> None:
     @app.before_serving
     async def open_services() -> None:
         await open_db(settings.database_url, migrate=True)
-        if settings.redis_url is None:  # embedded: rounds of an earlier process died with it
-            await Workflow.filter(status=RUNNING).update(status=FAILED, updated_at=time.time())
+        if settings.redis_url is None:
+            await fail_orphaned_rounds()
         app.extensions["chat_runtime"] = await Runtime.open(settings, runs_jobs=settings.redis_url is None)
 
     @app.after_serving

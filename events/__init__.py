@@ -17,6 +17,11 @@ Cursor = tuple[int, int]
 ORIGIN = "0-0"  # before every event
 
 
+def encode(data: dict) -> str:
+    """Event data as it travels: compact JSON on one line."""
+    return json.dumps(data, separators=(",", ":"))
+
+
 def parse_cursor(cursor: str) -> Cursor:
     """``<ms>-<seq>`` as a tuple that compares part by part; ValueError if malformed."""
     ms, _, seq = cursor.partition("-")

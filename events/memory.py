@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Iterable
 
-from events import ORIGIN, Event, EventFeed, FeedGap, category_set
+from events import ORIGIN, Event, EventFeed, FeedGap, category_set, encode
 from events.log import ContextLog, follow
 
 
@@ -35,7 +34,7 @@ class MemoryFeed(EventFeed):
         ms, seq = log.positions[-1] if log.positions else log.floor
         now = _now_ms()
         cursor = f"{now}-0" if now > ms else f"{ms}-{seq + 1}"
-        log.append([Event(cursor, event_type, category, json.dumps(data, separators=(",", ":")))])
+        log.append([Event(cursor, event_type, category, encode(data))])
         return cursor
 
     async def read(self, context_id: str, after: str = ORIGIN) -> list[Event]:

@@ -8,7 +8,6 @@ the subscribers read, so N subscribers of a context cost one read, not N.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -16,7 +15,7 @@ from collections.abc import AsyncIterator, Iterable
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ConnectionError, TimeoutError
 
-from events import ORIGIN, Event, EventFeed, FeedGap, category_set, parse_cursor
+from events import ORIGIN, Event, EventFeed, FeedGap, category_set, encode, parse_cursor, wanted
 from events.log import ContextLog, follow
 
 log = logging.getLogger(__name__)
@@ -46,7 +45,7 @@ class RedisFeed(EventFeed):
 
     async def emit(self, context_id: str, event_type: str, data: dict, category: str = "default") -> str:
         future = asyncio.get_running_loop().create_future()
-        fields = {"t": event_type, "c": category, "d": json.dumps(data, separators=(",", ":"))}
+        fields = {"t": event_type, "c": category, "d": encode(data)}
         self._pending.append((self.prefix + context_id, fields, future))
         if len(self._pending) == 1:
             self._spawn(self._flush())
@@ -98,7 +97,7 @@ class RedisFeed(EventFeed):
         categories = category_set(categories)
         if caught_up := await self.read(context_id, after):  # checks the cursor against Redis
             after = caught_up[-1].cursor
-            if selected := [e for e in caught_up if categories is None or e.category in categories]:
+            if selected := [e for e in caught_up if wanted(e, categories)]:
                 yield selected
         context_log = await self._attach(context_id)
         try:

@@ -45,9 +45,7 @@ async def run_chatbot(ctx: dict, workflow_id: str, round_number: int) -> str:
     stop = asyncio.Event()
     async with runtime.control.running(workflow_id, round_number, stop.set):
         outcome = await _generate(runtime, workflow, reply, stop)
-        if reply.parts or outcome[0] == COMPLETED:
-            await _store_reply(runtime, workflow, reply)
-        await end_round(runtime, workflow_id, round_number, *outcome)
+        await _finish(runtime, workflow, reply, *outcome)
     return outcome[0]
 
 
@@ -63,8 +61,7 @@ async def _generate(runtime: Runtime, workflow: Workflow, reply: Reply, stop: as
     except asyncio.CancelledError:  # job timeout or worker shutdown: end the round, then go
         generation.cancel()
         await asyncio.gather(generation, return_exceptions=True)
-        await _store_reply(runtime, workflow, reply)
-        await end_round(runtime, workflow.id, workflow.round_number, FAILED, *WORKER_LOST)
+        await _finish(runtime, workflow, reply, FAILED, *WORKER_LOST)
         raise
     finally:
         stopped.cancel()
@@ -102,6 +99,13 @@ async def _stream(runtime: Runtime, workflow: Workflow, reply: Reply, turns: lis
 async def _history(workflow: Workflow) -> list[ChatTurn]:
     messages = await Message.filter(workflow_id=workflow.id).order_by("round_number", "created_at")
     return [ChatTurn(m.role, m.content) for m in messages if m.round_number <= workflow.round_number]
+
+
+async def _finish(runtime: Runtime, workflow: Workflow, reply: Reply, status: str, *error: str) -> None:
+    """Store what was generated (sent deltas must join to a stored message), end the round."""
+    if reply.parts or status == COMPLETED:
+        await _store_reply(runtime, workflow, reply)
+    await end_round(runtime, workflow.id, workflow.round_number, status, *error)
 
 
 async def _store_reply(runtime: Runtime, workflow: Workflow, reply: Reply) -> None:

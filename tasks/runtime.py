@@ -79,10 +79,18 @@ async def _in_process(job: Callable[..., Awaitable[str]], ctx: dict, *args) -> N
         log.exception("in-process chat job %s failed", args)
 
 
+def chatdata(kind: str, item: dict, created_at: float) -> dict:
+    """The data of a chatdata event (API.md): a message, a log or a delta of a reply."""
+    return {"type": kind, "createdAt": created_at, "item": item}
+
+
+def chatdata_category(kind: str) -> str:
+    return "workflow" if kind == "log" else "chat"
+
+
 async def publish_item(runtime: Runtime, kind: str, item: dict, workflow_id: str) -> str:
-    """Emit a chatdata event: a stored message or log, or a delta of a reply."""
-    data = {"type": kind, "createdAt": time.time(), "item": item}
-    return await runtime.feed.emit(workflow_id, "chatdata", data, "workflow" if kind == "log" else "chat")
+    """Emit a chatdata event now."""
+    return await runtime.feed.emit(workflow_id, "chatdata", chatdata(kind, item, time.time()), chatdata_category(kind))
 
 
 async def end_round(runtime: Runtime, workflow_id: str, round_number: int, status: str, code: str = "", message: str = "") -> bool:

@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Iterable
 
-from events import ORIGIN, Event, FeedGap, category_set, parse_cursor, wanted
+from events import ORIGIN, Event, FeedGap, category_set, encode, parse_cursor, wanted
 from events.sse import KEEPALIVE, frame
 from models import FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Message, Workflow, chat_items, round_item_id
 from tasks.chatbot import WORKER_LOST
 from tasks.metrics import EVENTS_SENT, OPEN_STREAMS, ROUNDS_STARTED
-from tasks.runtime import Runtime, end_round, publish_item
+from tasks.runtime import Runtime, chatdata, chatdata_category, end_round, publish_item
 
 END_EVENTS = frozenset(ROUND_END_EVENT.values())
 
@@ -84,8 +83,14 @@ async def fail_if_lost(runtime: Runtime, workflow: Workflow) -> None:
             workflow.status = FAILED
 
 
+async def fail_orphaned_rounds() -> None:
+    """Embedded mode, at start-up: rounds left running died with the previous process."""
+    code, message = WORKER_LOST
+    await Workflow.filter(status=RUNNING).update(status=FAILED, updated_at=time.time(), error_code=code, error_message=message)
+
+
 async def workflow_detail(workflow: Workflow) -> dict:
-    items = [{"type": kind, "createdAt": item["createdAt"], "item": item} for kind, item, _ in await chat_items(workflow.id)]
+    items = [chatdata(kind, item, item["createdAt"]) for kind, item, _ in await chat_items(workflow.id)]
     return {"workflow": workflow.to_dict(), "items": items}
 
 
@@ -173,8 +178,8 @@ class _Stream:
             live_part, stored = [], rows
             self.sent_ids = {item["id"] for _, item, row in rows if row.round_number >= current}
         synthetic = [
-            Event(f"0-{i}", "chatdata", "workflow" if kind == "log" else "chat", _json({"type": kind, "createdAt": item["createdAt"], "item": item}))
-            for i, (kind, item, row) in enumerate(stored, start=1)
+            Event(f"0-{i}", "chatdata", chatdata_category(kind), encode(chatdata(kind, item, item["createdAt"])))
+            for i, (kind, item, _) in enumerate(stored, start=1)
         ]
         return synthetic[skip:] + live_part, retained[-1].cursor if retained else ORIGIN
 
@@ -227,7 +232,3 @@ def _position(cursor: str | None) -> tuple[int, int] | None:
         return parse_cursor(cursor) if cursor else None
     except ValueError:
         return None  # a cursor we never issued: start over
-
-
-def _json(data: dict) -> str:
-    return json.dumps(data, separators=(",", ":"))

@@ -2,6 +2,8 @@
 round always ends."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from config import Settings
@@ -10,6 +12,7 @@ from models import COMPLETED, FAILED, RUNNING, Message, Workflow, round_item_id
 from models.db import close_db, open_db
 from tasks.chatbot import run_chatbot
 from tasks.runtime import Runtime
+from tasks.workflows import fail_orphaned_rounds
 
 
 @pytest.fixture
@@ -63,3 +66,41 @@ async def test_a_job_for_an_old_round_does_nothing(runtime):
     await Workflow.filter(id=workflow.id).update(round_number=2)
     assert await run_chatbot({"runtime": runtime, "job_try": 1}, workflow.id, 1) == "skipped: round is not running"
     assert await event_types(runtime, workflow) == []
+
+
+class SilentModel:
+    """A model that never answers: the job is cancelled while it waits."""
+
+    name = "silent"
+
+    async def stream_reply(self, turns, on_usage=None):
+        await asyncio.Event().wait()
+        yield ""
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_job_cancelled_before_any_token_ends_the_round_and_stores_no_empty_reply(runtime):
+    workflow = await running_round()
+    runtime.provider = SilentModel()
+    job = asyncio.create_task(run_chatbot({"runtime": runtime, "job_try": 1}, workflow.id, 1))
+    while "Generating the reply" not in str(await event_log(runtime, workflow)):
+        await asyncio.sleep(0.01)
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    assert await Message.filter(workflow_id=workflow.id, role="assistant").count() == 0
+    stored = await Workflow.get(id=workflow.id)
+    assert (stored.status, stored.error_code) == (FAILED, "worker_lost")
+
+
+async def test_rounds_left_running_by_a_dead_embedded_process_fail_with_a_reason(runtime):
+    workflow = await running_round()
+    await fail_orphaned_rounds()
+    stored = await Workflow.get(id=workflow.id)
+    assert stored.to_dict()["error"] == {"code": "worker_lost", "message": stored.error_message} and stored.status == FAILED
+
+
+async def event_log(runtime: Runtime, workflow: Workflow) -> list[str]:
+    return [e.data_json for e in await runtime.feed.read(workflow.id, ORIGIN)]
