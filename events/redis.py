@@ -95,7 +95,9 @@ class RedisFeed(EventFeed):
         self, context_id: str, after: str = ORIGIN, categories: Iterable[str] | None = None, idle_timeout: float | None = None
     ) -> AsyncIterator[list[Event]]:
         categories = category_set(categories)
-        if caught_up := await self.read(context_id, after):  # checks the cursor against Redis
+        # Shielded: a subscriber cancelled mid-pipeline must not leave a pooled connection
+        # with replies still unread.
+        if caught_up := await asyncio.shield(self.read(context_id, after)):  # checks the cursor
             after = caught_up[-1].cursor
             if selected := [e for e in caught_up if wanted(e, categories)]:
                 yield selected

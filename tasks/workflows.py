@@ -112,7 +112,9 @@ async def stream_workflow(
     stream = _Stream(runtime, workflow.id, category_set(categories))
     OPEN_STREAMS.inc()
     try:
-        initial, follow_from = await stream.open(last_event_id)
+        # Shielded: a client that leaves while we read must not cut a database or Redis
+        # command in half and leave its connection in the pool mid-reply.
+        initial, follow_from = await asyncio.shield(stream.open(last_event_id))
         chunk, done = stream.render(initial, live=False)
         del initial  # an idle stream lives long: keep no snapshot around
         if chunk:
