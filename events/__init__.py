@@ -59,7 +59,8 @@ class EventFeed(ABC):
         return sum(log.readers for log in self.logs.values())
     @abstractmethod
     async def emit(self, context_id: str, event_type: str, data: dict, category: str = "default") -> str:
-        """Append an event and return its cursor."""
+        """Append an event and return its cursor. The event is taken before the first
+        suspension: a caller cancelled while awaiting the cursor does not withdraw it."""
 
     @abstractmethod
     async def read(self, context_id: str, after: str = ORIGIN) -> list[Event]:

@@ -53,8 +53,9 @@ class ContextLog:
 
     async def wait(self, timeout: float | None) -> bool:
         """Until the next append (True) or the timeout (False)."""
-        try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
+        try:  # asyncio.timeout, not wait_for: no task per wait (this runs per event per reader)
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
             return True
         except TimeoutError:
             return False

@@ -1,9 +1,10 @@
 """The Redis Streams feed: one stream per context, shared by every web and worker process.
 
-A process holds a fixed number of connections however many streams it serves: a few for
-commands (writes are coalesced into one pipeline per event-loop turn) and one that blocks in a
-single XREAD over every context its subscribers follow, filling local ContextLogs that
-the subscribers read, so N subscribers of a context cost one read, not N.
+A process holds a fixed number of connections however many streams it serves: one for
+every command (a SharedRedis, which the process may share with other users: writes are
+batched with whatever else is in flight) and one that blocks in a single XREAD over every
+context its subscribers follow, filling local ContextLogs that the subscribers read, so N
+subscribers of a context cost one read, not N.
 """
 from __future__ import annotations
 
@@ -12,92 +13,88 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import ConnectionPool
 from redis.exceptions import ConnectionError, TimeoutError
 
 from events import ORIGIN, Event, EventFeed, FeedGap, category_set, encode, parse_cursor, wanted
 from events.log import ContextLog, follow
+from events.shared_redis import SharedRedis
 
 log = logging.getLogger(__name__)
 
 READ_COUNT = 1000
 ABANDONED_TTL = 24 * 3600  # a context never finished (its writer died) still goes away
+TTL_REFRESH_SECONDS = 1.0  # how often a busy context's ABANDONED_TTL is renewed
 WAKE_DEBOUNCE = 0.005
 
 
 class RedisFeed(EventFeed):
     def __init__(
-        self, url: str, retention_seconds: float = 60.0, max_events: int = 10_000, key_prefix: str = "chat:", connections: int = 2
+        self, url: str, retention_seconds: float = 60.0, max_events: int = 10_000, key_prefix: str = "chat:",
+        redis: SharedRedis | None = None,
     ) -> None:
         self.retention_seconds = retention_seconds
         self.max_events = max_events
         self.prefix = f"{key_prefix}feed:"
-        self.redis = Redis(connection_pool=BlockingConnectionPool.from_url(url, max_connections=connections, decode_responses=True))
-        self.reader = Redis.from_url(url, decode_responses=True, single_connection_client=True)
+        self.redis = redis or SharedRedis(url)
+        self._owns_redis = redis is None
+        self.reader = ConnectionPool.from_url(url, decode_responses=True).make_connection()
         self.wake_key = f"{key_prefix}wake:{uuid.uuid4().hex}"
         self.logs: dict[str, ContextLog] = {}
         self.read_from: dict[str, str] = {}
-        self._pending: list[tuple[str, dict, asyncio.Future]] = []
-        self._tasks: set[asyncio.Task] = set()
+        self._fresh: set[str] = set()  # keys whose TTL was renewed in this refresh period
+        self._fresh_since = 0.0
         self._reader_task: asyncio.Task | None = None
 
     # writing
 
     async def emit(self, context_id: str, event_type: str, data: dict, category: str = "default") -> str:
-        future = asyncio.get_running_loop().create_future()
-        fields = {"t": event_type, "c": category, "d": encode(data)}
-        self._pending.append((self.prefix + context_id, fields, future))
-        if len(self._pending) == 1:
-            self._spawn(self._flush())
-        return await future
+        key = self.prefix + context_id
+        # Sent before the first suspension (see EventFeed.emit), and the TTL after the XADD
+        # that may create the key.
+        added = self.redis.send("XADD", key, "MAXLEN", "~", self.max_events, "*", "t", event_type, "c", category, "d", encode(data))
+        if self._ttl_is_stale(key):
+            self.redis.send("EXPIRE", key, ABANDONED_TTL).add_done_callback(_ignore)
+        return await added
 
-    async def _flush(self) -> None:
-        await asyncio.sleep(0)  # let the other emits of this loop turn join the pipeline
-        pending, self._pending = self._pending, []
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for key, fields, _ in pending:
-                    pipe.xadd(key, fields, maxlen=self.max_events, approximate=True)
-                for key in {key for key, _, _ in pending}:
-                    pipe.expire(key, ABANDONED_TTL)
-                results = await pipe.execute()
-        except Exception as exc:
-            for *_, future in pending:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for (*_, future), cursor in zip(pending, results):
-            if not future.done():
-                future.set_result(cursor)
+    def _ttl_is_stale(self, key: str) -> bool:
+        """Whether this process has not renewed the key's ABANDONED_TTL lately. Renewing
+        once a second instead of on every write still undoes, in time, a ``finish`` by
+        another process when its context comes back to life: the retention is far longer."""
+        now = asyncio.get_running_loop().time()
+        if now - self._fresh_since >= TTL_REFRESH_SECONDS:
+            self._fresh, self._fresh_since = set(), now
+        if key in self._fresh:
+            return False
+        self._fresh.add(key)
+        return True
 
     async def finish(self, context_id: str, expire_after: float | None = None) -> None:
         delay = self.retention_seconds if expire_after is None else expire_after
-        await self.redis.pexpire(self.prefix + context_id, max(1, int(delay * 1000)))
+        key = self.prefix + context_id
+        self._fresh.discard(key)  # an emit after this must undo it
+        await self.redis.execute("PEXPIRE", key, max(1, int(delay * 1000)))
 
     # reading
 
     async def read(self, context_id: str, after: str = ORIGIN) -> list[Event]:
-        key, events = self.prefix + context_id, []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xrange(key, count=1)
-            pipe.xrange(key, min=f"({after}", count=READ_COUNT)
-            first, entries = await pipe.execute()
+        key = self.prefix + context_id
+        oldest = self.redis.send("XRANGE", key, "-", "+", "COUNT", 1)
+        entries = await self.redis.send("XRANGE", key, f"({after}", "+", "COUNT", READ_COUNT)
+        first = await oldest  # answered before the second: Redis replies in order
         if after != ORIGIN and (not first or parse_cursor(after) < parse_cursor(first[0][0])):
             raise FeedGap(after)  # the events right after this cursor may be gone
-        while entries:
-            events += [_event(cursor, fields) for cursor, fields in entries]
-            if len(entries) < READ_COUNT:
-                break
-            entries = await self.redis.xrange(key, min=f"({events[-1].cursor}", count=READ_COUNT)
+        events = [_event(*entry) for entry in entries]
+        while len(entries) == READ_COUNT:
+            entries = await self.redis.execute("XRANGE", key, f"({events[-1].cursor}", "+", "COUNT", READ_COUNT)
+            events += [_event(*entry) for entry in entries]
         return events
 
     async def subscribe(
         self, context_id: str, after: str = ORIGIN, categories: Iterable[str] | None = None, idle_timeout: float | None = None
     ) -> AsyncIterator[list[Event]]:
         categories = category_set(categories)
-        # Shielded: a subscriber cancelled mid-pipeline must not leave a pooled connection
-        # with replies still unread.
-        if caught_up := await asyncio.shield(self.read(context_id, after)):  # checks the cursor
+        if caught_up := await self.read(context_id, after):  # checks the cursor
             after = caught_up[-1].cursor
             if selected := [e for e in caught_up if wanted(e, categories)]:
                 yield selected
@@ -112,7 +109,7 @@ class RedisFeed(EventFeed):
 
     async def _attach(self, context_id: str) -> ContextLog:
         if (context_log := self.logs.get(context_id)) is None:
-            tail = await self.redis.xrevrange(self.prefix + context_id, count=1)
+            tail = await self.redis.execute("XREVRANGE", self.prefix + context_id, "+", "-", "COUNT", 1)
             start = tail[0][0] if tail else ORIGIN
             if (context_log := self.logs.get(context_id)) is None:  # another subscriber may have won
                 context_log = self.logs[context_id] = ContextLog(self.max_events, floor=parse_cursor(start), holds_origin=False)
@@ -123,18 +120,20 @@ class RedisFeed(EventFeed):
 
     async def _wake(self) -> None:
         if self._reader_task is None or self._reader_task.done():
-            self._reader_task = self._spawn(self._read_forever())
-        await self.redis.xadd(self.wake_key, {"w": "1"}, maxlen=1)
+            self._reader_task = asyncio.get_running_loop().create_task(self._read_forever())
+        await self.redis.execute("XADD", self.wake_key, "MAXLEN", 1, "*", "w", 1)
 
     async def _read_forever(self) -> None:
         wake_from, backoff = ORIGIN, 0.1  # the wake stream is ours alone and holds one entry
         while True:
-            streams = {self.wake_key: wake_from} | {self.prefix + c: cursor for c, cursor in self.read_from.items()}
+            keys = [self.wake_key, *(self.prefix + c for c in self.read_from)]
             try:
-                replies = await self.reader.xread(streams, count=READ_COUNT, block=30_000)
+                await self.reader.send_command("XREAD", "COUNT", READ_COUNT, "BLOCK", 30_000, "STREAMS", *keys, wake_from, *self.read_from.values())
+                replies = await self.reader.read_response()
                 backoff = 0.1
             except (ConnectionError, TimeoutError, OSError) as exc:
                 log.warning("event feed reader lost Redis (%s); reconnecting in %.1fs", exc, backoff)
+                await self.reader.disconnect()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
@@ -145,28 +144,29 @@ class RedisFeed(EventFeed):
                     continue
                 context_id = key[len(self.prefix) :]
                 if (context_log := self.logs.get(context_id)) is not None:
-                    context_log.append([_event(cursor, fields) for cursor, fields in entries])
+                    context_log.append([_event(*entry) for entry in entries])
                     self.read_from[context_id] = entries[-1][0]
 
-    def _spawn(self, coro) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
     async def ping(self) -> None:
-        await self.redis.ping()
+        await self.redis.execute("PING")
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            await asyncio.gather(self._reader_task, return_exceptions=True)
         try:
-            await self.redis.delete(self.wake_key)
+            await self.redis.execute("DEL", self.wake_key)
         finally:
-            await self.reader.aclose()
-            await self.redis.aclose()
+            await self.reader.disconnect()
+            if self._owns_redis:
+                await self.redis.close()
 
 
-def _event(cursor: str, fields: dict[str, str]) -> Event:
-    return Event(cursor, fields["t"], fields["c"], fields["d"])
+def _event(cursor: str, fields: list[str]) -> Event:
+    values = dict(zip(fields[::2], fields[1::2]))
+    return Event(cursor, values["t"], values["c"], values["d"])
+
+
+def _ignore(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: a failed renewal is retried by the next write's

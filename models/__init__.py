@@ -10,6 +10,7 @@ import time
 import uuid
 
 from tortoise import fields
+from tortoise.exceptions import IntegrityError
 from tortoise.models import Model
 
 RUNNING, COMPLETED, STOPPED, FAILED = "running", "completed", "stopped", "failed"
@@ -100,6 +101,15 @@ class Log(Model):
             "createdAt": self.created_at,
             "roundNumber": self.round_number,
         }
+
+
+async def create_once(model: type[Model], **values) -> Model | None:
+    """Insert a row with a derived id, or None if it is already there (a job that ran
+    twice). One INSERT, where get_or_create would take a transaction and a SELECT."""
+    try:
+        return await model.create(**values)
+    except IntegrityError:
+        return None
 
 
 async def chat_items(workflow_id: str) -> list[tuple[str, dict, Message | Log]]:

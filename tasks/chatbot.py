@@ -10,7 +10,7 @@ import logging
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
-from models import COMPLETED, FAILED, RUNNING, STOPPED, Log, Message, Workflow, round_item_id
+from models import COMPLETED, FAILED, RUNNING, STOPPED, Log, Message, Workflow, create_once, round_item_id
 from tasks.providers import ChatTurn, ProviderError
 from tasks.runtime import Runtime, end_round, publish_item
 
@@ -36,7 +36,8 @@ async def run_chatbot(ctx: dict, workflow_id: str, round_number: int) -> str:
     if workflow is None or workflow.round_number != round_number or workflow.status != RUNNING:
         return "skipped: round is not running"
     reply = Reply(round_item_id(workflow_id, round_number, "assistant"))
-    if await Message.exists(id=reply.message_id):  # a retry after the reply was stored
+    messages = await Message.filter(workflow_id=workflow_id, round_number__lte=round_number).order_by("round_number", "created_at")
+    if any(m.id == reply.message_id for m in messages):  # a retry after the reply was stored
         await end_round(runtime, workflow_id, round_number, COMPLETED)
         return "completed earlier"
     if ctx.get("job_try", 1) > 1:  # a retry after a worker died mid-reply: its deltas are out
@@ -44,14 +45,14 @@ async def run_chatbot(ctx: dict, workflow_id: str, round_number: int) -> str:
         return "failed: worker lost"
     stop = asyncio.Event()
     async with runtime.control.running(workflow_id, round_number, stop.set):
-        outcome = await _generate(runtime, workflow, reply, stop)
+        turns = [ChatTurn(m.role, m.content) for m in messages]
+        outcome = await _generate(runtime, workflow, reply, turns, stop)
         await _finish(runtime, workflow, reply, *outcome)
     return outcome[0]
 
 
-async def _generate(runtime: Runtime, workflow: Workflow, reply: Reply, stop: asyncio.Event) -> tuple[str, ...]:
+async def _generate(runtime: Runtime, workflow: Workflow, reply: Reply, turns: list[ChatTurn], stop: asyncio.Event) -> tuple[str, ...]:
     """Stream the reply until it ends, fails or is stopped; the outcome for end_round."""
-    turns = await _history(workflow)
     await _log_step(runtime, workflow, "history", f"Loaded the conversation ({len(turns)} messages)")
     await _log_step(runtime, workflow, "generate", f"Generating the reply with the {runtime.provider.name} model")
     generation = asyncio.create_task(_stream(runtime, workflow, reply, turns))
@@ -92,13 +93,9 @@ async def _stream(runtime: Runtime, workflow: Workflow, reply: Reply, turns: lis
                 continue
             delta = {"messageId": reply.message_id, "index": len(reply.parts), "text": piece}
             reply.parts.append(piece)
-            # Shielded: a stop must not leave a delta half-sent and missing from the stored text.
-            await asyncio.shield(publish_item(runtime, "delta", delta, workflow.id))
-
-
-async def _history(workflow: Workflow) -> list[ChatTurn]:
-    messages = await Message.filter(workflow_id=workflow.id).order_by("round_number", "created_at")
-    return [ChatTurn(m.role, m.content) for m in messages if m.round_number <= workflow.round_number]
+            # A stop may cancel this await; the delta is already in the feed's hands (see
+            # EventFeed.emit), so sent deltas and the stored text still agree.
+            await publish_item(runtime, "delta", delta, workflow.id)
 
 
 async def _finish(runtime: Runtime, workflow: Workflow, reply: Reply, status: str, *error: str) -> None:
@@ -109,18 +106,17 @@ async def _finish(runtime: Runtime, workflow: Workflow, reply: Reply, status: st
 
 
 async def _store_reply(runtime: Runtime, workflow: Workflow, reply: Reply) -> None:
-    message, created = await Message.get_or_create(
-        id=reply.message_id,
-        defaults={"workflow_id": workflow.id, "role": "assistant", "content": reply.text, "round_number": workflow.round_number},
+    message = await create_once(
+        Message, id=reply.message_id, workflow_id=workflow.id, role="assistant", content=reply.text, round_number=workflow.round_number
     )
-    if created:
+    if message is not None:
         await publish_item(runtime, "message", message.to_item(), workflow.id)
 
 
 async def _log_step(runtime: Runtime, workflow: Workflow, step: str, text: str, kind: str = "step") -> None:
-    entry, created = await Log.get_or_create(
-        id=round_item_id(workflow.id, workflow.round_number, step),
-        defaults={"workflow_id": workflow.id, "message": text, "type": kind, "status": "done", "round_number": workflow.round_number},
+    entry = await create_once(
+        Log, id=round_item_id(workflow.id, workflow.round_number, step), workflow_id=workflow.id, message=text, type=kind,
+        round_number=workflow.round_number,
     )
-    if created:
+    if entry is not None:
         await publish_item(runtime, "log", entry.to_item(), workflow.id)

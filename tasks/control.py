@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Callable
 
 from redis.asyncio import Redis
 
+from events.shared_redis import SharedRedis
+
 log = logging.getLogger(__name__)
 
 RoundKey = tuple[str, int]
@@ -70,7 +72,7 @@ class LocalControl:
 class RedisControl(LocalControl):
     """Redis mode: stop flags and liveness leases in Redis, nudges over Pub/Sub."""
 
-    def __init__(self, redis: Redis, key_prefix: str, lease_seconds: float) -> None:
+    def __init__(self, redis: SharedRedis, key_prefix: str, lease_seconds: float) -> None:
         super().__init__()
         self.redis = redis
         self.prefix = key_prefix
@@ -84,7 +86,7 @@ class RedisControl(LocalControl):
     async def expect(self, workflow_id: str, round_number: int) -> None:
         # A queued job has no heartbeat yet: give the queue time before calling it lost.
         grace = max(30.0, 3 * self.lease_seconds)
-        await self.redis.set(self._key("lease", (workflow_id, round_number)), "queued", px=int(grace * 1000))
+        await self.redis.execute("SET", self._key("lease", (workflow_id, round_number)), "queued", "PX", int(grace * 1000))
 
     @contextlib.asynccontextmanager
     async def running(self, workflow_id: str, round_number: int, on_stop: Callable[[], None]) -> AsyncIterator[None]:
@@ -97,10 +99,10 @@ class RedisControl(LocalControl):
         finally:
             heartbeat.cancel()
             with contextlib.suppress(Exception):
-                await self.redis.delete(self._key("lease", key))
+                await self.redis.execute("DEL", self._key("lease", key))
 
     async def _renew(self, key: RoundKey) -> None:
-        await self.redis.set(self._key("lease", key), "running", px=int(self.lease_seconds * 1000))
+        await self.redis.execute("SET", self._key("lease", key), "running", "PX", int(self.lease_seconds * 1000))
 
     async def _heartbeat(self, key: RoundKey, on_stop: Callable[[], None]) -> None:
         while True:
@@ -114,18 +116,18 @@ class RedisControl(LocalControl):
 
     async def request_stop(self, workflow_id: str, round_number: int) -> None:
         key = (workflow_id, round_number)
-        await self.redis.set(self._key("stop", key), "1", ex=3600)
-        await self.redis.publish(self.channel, f"{workflow_id}:{round_number}")
+        await self.redis.execute("SET", self._key("stop", key), "1", "EX", 3600)
+        await self.redis.execute("PUBLISH", self.channel, f"{workflow_id}:{round_number}")
 
     async def alive(self, workflow_id: str, round_number: int) -> bool:
-        return bool(await self.redis.exists(self._key("lease", (workflow_id, round_number))))
+        return bool(await self.redis.execute("EXISTS", self._key("lease", (workflow_id, round_number))))
 
     async def _stop_flagged(self, key: RoundKey) -> bool:
-        return bool(await self.redis.exists(self._key("stop", key)))
+        return bool(await self.redis.execute("EXISTS", self._key("stop", key)))
 
     async def _forget(self, key: RoundKey) -> None:
         with contextlib.suppress(Exception):
-            await self.redis.delete(self._key("stop", key))
+            await self.redis.execute("DEL", self._key("stop", key))
 
     def listen(self, redis_url: str) -> None:
         """Workers: take stop nudges for the rounds this process runs (on a connection of

@@ -13,6 +13,7 @@ from redis.asyncio import BlockingConnectionPool
 
 from config import Settings
 from events import EventFeed, make_feed
+from events.shared_redis import SharedRedis
 from models import FAILED, ROUND_END_EVENT, RUNNING, Workflow
 from tasks.control import LocalControl, RedisControl
 from tasks.providers import ChatProvider, make_provider
@@ -29,6 +30,7 @@ class Runtime:
     control: LocalControl
     provider: ChatProvider | None = None
     arq: ArqRedis | None = None
+    redis: SharedRedis | None = None  # shared by the feed and round control
     jobs: set[asyncio.Task] = field(default_factory=set)  # embedded mode's running rounds
 
     @classmethod
@@ -37,15 +39,18 @@ class Runtime:
         if settings.redis_url is None:
             feed = make_feed("memory://", **options)
             return cls(settings, feed, LocalControl(), make_provider(settings))
-        # A web process holds 4 Redis connections in all (feed: 2 + its reader; queue and
-        # control: 1); a worker, whose jobs write every event, shares more.
-        feed = make_feed(settings.redis_url, key_prefix=settings.key_prefix, connections=4 if runs_jobs else 2, **options)
+        # A web process holds 4 Redis connections in all: one for every feed and round
+        # control command, however many requests are in flight (see events/shared_redis.py),
+        # the feed's blocking reader, and 2 for the job queue, whose enqueue is a transaction.
+        # A worker enqueues nothing but lets its jobs' arq bookkeeping share more.
+        redis = SharedRedis(settings.redis_url)
+        feed = make_feed(settings.redis_url, key_prefix=settings.key_prefix, redis=redis, **options)
+        control = RedisControl(redis, settings.key_prefix, settings.lease_seconds)
         arq = ArqRedis(
-            connection_pool=BlockingConnectionPool.from_url(settings.redis_url, max_connections=8 if runs_jobs else 1),
+            connection_pool=BlockingConnectionPool.from_url(settings.redis_url, max_connections=8 if runs_jobs else 2),
             default_queue_name=settings.queue_name,
         )
-        control = RedisControl(arq, settings.key_prefix, settings.lease_seconds)
-        return cls(settings, feed, control, make_provider(settings) if runs_jobs else None, arq)
+        return cls(settings, feed, control, make_provider(settings) if runs_jobs else None, arq, redis)
 
     async def enqueue_round(self, workflow_id: str, round_number: int) -> None:
         await self.control.expect(workflow_id, round_number)
@@ -66,6 +71,8 @@ class Runtime:
         if self.provider is not None:
             await self.provider.aclose()
         await self.feed.close()
+        if self.redis is not None:
+            await self.redis.close()
         if self.arq is not None:
             await self.arq.aclose()
 

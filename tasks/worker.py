@@ -12,6 +12,9 @@ from tasks.control import RedisControl
 from tasks.runtime import Runtime
 
 _settings = Settings.from_env()
+import os, asyncio
+if os.environ.get("XLOOP") == "uvloop":
+    import uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 async def startup(ctx: dict) -> None:
@@ -20,6 +23,14 @@ async def startup(ctx: dict) -> None:
     runtime = ctx["runtime"] = await Runtime.open(_settings, runs_jobs=True)
     assert isinstance(runtime.control, RedisControl)
     runtime.control.listen(_settings.redis_url)
+
+
+async def leave_queue(ctx: dict) -> None:
+    """arq keeps a running job in its queue and re-examines every such job (three Redis
+    round trips each) on every poll, so with hundreds of chats running a poll takes
+    longer and longer and a new chat waits behind all of them. A started chat job leaves
+    the queue; if its worker dies, the round's lease ends it (see tasks/control.py)."""
+    await ctx["redis"].zrem(_settings.queue_name, ctx["job_id"])
 
 
 async def shutdown(ctx: dict) -> None:
@@ -33,6 +44,7 @@ class WorkerSettings:
 
     functions = [run_chatbot]
     on_startup = startup
+    on_job_start = leave_queue
     on_shutdown = shutdown
     redis_settings = RedisSettings.from_dsn(_settings.redis_url or "redis://localhost:6379")
     queue_name = _settings.queue_name

@@ -444,6 +444,22 @@ async def test_new_events_after_finish_keep_the_context(feed):
     assert [e.cursor for e in await feed.read(context_id, cursors[0])] == cursors[1:]
 
 
+async def test_an_emit_whose_caller_is_cancelled_is_still_delivered(feed):
+    # A stopped job is cancelled while awaiting a delta's cursor; the delta is already
+    # counted in the stored reply, so it must reach subscribers too.
+    context_id = ctx()
+    agen = feed.subscribe(context_id, ORIGIN, idle_timeout=0.1)
+    try:
+        assert await next_batch(agen) == []
+        emitting = asyncio.create_task(feed.emit(context_id, "t", {"i": 0}))
+        await asyncio.sleep(0)  # the emit has begun
+        emitting.cancel()
+        assert numbers(await collect(agen, 1)) == [0]
+        assert numbers(await feed.read(context_id)) == [0]
+    finally:
+        await agen.aclose()
+
+
 async def test_a_subscriber_at_the_tail_outlives_the_expiry(feed):
     context_id = ctx()
     old = await emit_many(feed, context_id, 3)
@@ -564,13 +580,13 @@ async def test_redis_feed_uses_few_connections_for_many_subscribers(make_feed, r
             assert await asyncio.wait_for(asyncio.gather(*(a.__anext__() for a in agens)), 10) == [[]] * 50
             await feed.ping()
             new = [c for c in await _our_clients(admin) if c["id"] not in before]
-            assert 1 <= len(new) <= 3, f"{len(new)} connections for 50 subscriptions: {[(c['addr'], c['cmd']) for c in new]}"
+            assert 1 <= len(new) <= 4, f"{len(new)} connections for 50 subscriptions: {[(c['addr'], c['cmd']) for c in new]}"
 
             cursors = [await feed.emit(c, "t", {"i": i}) for i, c in enumerate(contexts)]
             received = await asyncio.gather(*(collect(a, 1) for a in agens))
             assert [[e.cursor for e in got] for got in received] == [[c] for c in cursors]
             new = [c for c in await _our_clients(admin) if c["id"] not in before]
-            assert len(new) <= 3
+            assert len(new) <= 4  # the writer, the reader and at most 2 for other commands
         finally:
             for agen in agens:
                 await agen.aclose()
@@ -581,7 +597,8 @@ async def test_redis_feed_uses_few_connections_for_many_subscribers(make_feed, r
 @pytest.mark.parametrize("backend", ["redis"], indirect=True)
 async def test_redis_feed_reader_reconnects_after_losing_its_connection(make_feed, redis_url):
     feed = make_feed()
-    reader_id = await feed.reader.client_id()  # the reader's own connection, before it blocks in XREAD
+    await feed.reader.send_command("CLIENT", "ID")  # the reader's own connection, before it blocks in XREAD
+    reader_id = await feed.reader.read_response()
     context_id = ctx()
     agen = feed.subscribe(context_id, idle_timeout=0.1)
     admin = Redis.from_url(redis_url)
@@ -616,3 +633,33 @@ async def test_redis_feed_delivers_events_emitted_by_another_process(make_feed):
         assert [e.cursor for e in await web.read(context_id, history[0])] == history[1:] + live
     finally:
         await agen.aclose()
+
+
+@pytest.mark.parametrize("backend", ["redis"], indirect=True)
+async def test_redis_feed_keeps_a_context_that_another_process_finished_while_events_flow(make_feed):
+    """Writers renew a context's long TTL at most once a second: a ``finish`` by another
+    process (a web process stopping the round) is undone within that second by the next write."""
+    worker, web = make_feed(), make_feed()
+    context_id = ctx()
+    cursors = [await worker.emit(context_id, "t", {"i": 0})]
+    await web.finish(context_id, expire_after=1.5)
+    for i in range(1, 9):  # 2.4 s of events, one every 0.3 s
+        cursors.append(await worker.emit(context_id, "t", {"i": i}))
+        await asyncio.sleep(0.3)
+    assert [e.cursor for e in await web.read(context_id)] == cursors
+
+
+@pytest.mark.parametrize("backend", ["redis"], indirect=True)
+async def test_redis_feed_command_connection_reconnects_after_losing_it(make_feed, redis_url):
+    feed = make_feed()
+    context_id = ctx()
+    first = await feed.emit(context_id, "t", {"i": 0})
+    writer_id = await feed.redis.client_id()
+    admin = Redis.from_url(redis_url)
+    try:
+        assert await admin.client_kill_filter(_id=str(writer_id)) == 1
+    finally:
+        await admin.aclose()
+    await asyncio.sleep(1.2)  # idle past the health check: the next write pings first
+    second = await feed.emit(context_id, "t", {"i": 1})
+    assert [e.cursor for e in await feed.read(context_id)] == [first, second]
