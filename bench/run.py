@@ -53,7 +53,6 @@ from tests.servers import BIN, postgres_database, redis_server, start_stack, wai
 TOKEN_INTERVAL_MS = 20  # 50 tokens/s per chat, as the targets are stated
 REPLY_TOKENS = 100
 OWN_CODE = ("app.py", "blueprints/", "tasks/", "events/", "models/")  # the project's frames in profiles
-STREAMS_PER_CLIENT = 250  # httpx's pool scans its connections per request: keep pools small
 LATE_MARGIN = 1.0  # a keepalive gap longer than KEEPALIVE_SECONDS + this is late
 
 TARGETS = (
@@ -85,31 +84,71 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(pct / 100 * len(ordered)) - 1))]
 
 
-async def sse_events(response: httpx.Response):
-    """(receipt time, event type, id, data) per SSE event, and (time, ":", None, text) per
-    comment line. A hand-rolled parser because httpx-sse hides comments (keepalives) and
-    costs more CPU per event; one clock read per network chunk is enough."""
-    buffer, event_type, event_id, data = b"", b"message", None, []
-    async for chunk in response.aiter_raw():
-        now = time.time()
-        buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            if not line:
-                if data:
-                    yield now, event_type.decode(), event_id, b"\n".join(data).decode()
-                event_type, event_id, data = b"message", None, []
-            elif line[:1] == b":":
-                yield now, ":", None, line[1:].strip().decode()
-            else:
-                name, _, value = line.partition(b":")
-                value = value[1:] if value[:1] == b" " else value
-                if name == b"data":
-                    data.append(value)
-                elif name == b"event":
-                    event_type = value
-                elif name == b"id":
-                    event_id = value.decode()
+class RawStream:
+    """GET an SSE stream over a plain asyncio connection (HTTP/1.1, chunked body, as
+    Hypercorn sends streams). httpx costs the client ~300 µs per event, which on the
+    shared 2-core machine is CPU the servers would otherwise have."""
+
+    def __init__(self, base_url: str, path: str, cookies: httpx.Cookies) -> None:
+        url = urlparse(base_url)
+        self.host, self.port, self.path = url.hostname, url.port, path
+        self.cookie = "; ".join(f"{name}={value}" for name, value in cookies.items())
+        self.status_code = 0
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def __aenter__(self) -> "RawStream":
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.writer.write(
+            f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nAccept: text/event-stream\r\n"
+            f"Cookie: {self.cookie}\r\n\r\n".encode()
+        )
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        self.status_code = int(head.split(b" ", 2)[1])
+        self.chunked = b"transfer-encoding: chunked" in head.lower()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    async def chunks(self):
+        """The body's chunks as they arrive (a chunk is one server write)."""
+        while True:
+            if not self.chunked:  # not expected from Hypercorn; still correct
+                data = await self.reader.read(65536)
+                if not data:
+                    return
+                yield data
+                continue
+            size = int((await self.reader.readline()).split(b";")[0], 16)
+            if size == 0:
+                return
+            yield (await self.reader.readexactly(size + 2))[:-2]
+
+    async def events(self):
+        """(receipt time, event type, id, data) per SSE event, and (time, ":", None, text)
+        per comment line; one clock read per chunk."""
+        buffer, event_type, event_id, data = b"", b"message", None, []
+        async for chunk in self.chunks():
+            now = time.time()
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if not line:
+                    if data:
+                        yield now, event_type.decode(), event_id, b"\n".join(data).decode()
+                    event_type, event_id, data = b"message", None, []
+                elif line[:1] == b":":
+                    yield now, ":", None, line[1:].strip().decode()
+                else:
+                    name, _, value = line.partition(b":")
+                    value = value[1:] if value[:1] == b" " else value
+                    if name == b"data":
+                        data.append(value)
+                    elif name == b"event":
+                        event_type = value
+                    elif name == b"id":
+                        event_id = value.decode()
 
 
 def new_client(base_url: str, connections: int, read_timeout: float | None, cookies=None) -> httpx.AsyncClient:
@@ -142,19 +181,20 @@ async def run_round(client: httpx.AsyncClient, prompt: str, workflow_id: str | N
     opened = time.time()
     result["post_ms"] = (opened - sent) * 1000
     reply = Reply(body["messageId"], sent, opened)
-    async with client.stream("GET", f"/api/chatbot/{workflow_id}/stream") as response:
+    async with RawStream(str(client.base_url), f"/api/chatbot/{workflow_id}/stream", client.cookies) as response:
         result["open_ms"] = (time.time() - opened) * 1000
         if response.status_code != 200:
             result["broken"] = f"stream {response.status_code}"
             return result
-        async for received, kind, cursor, data in sse_events(response):
+        async for received, kind, cursor, data in response.events():
             if kind != ":" and reply.take(received, kind, cursor, data):
                 break
         else:
             result["broken"] = "stream closed before the round ended"
     result |= reply.outcome(result["broken"])
     if not result["ok"]:  # what the stream carried, to tell a server bug from a client one
-        trace = reply.trace if len(reply.trace) <= 12 else reply.trace[:8] + ["..."] + reply.trace[-4:]
+        trace = [describe(*event) for event in reply.trace]
+        trace = trace if len(trace) <= 12 else trace[:8] + ["..."] + trace[-4:]
         result["trace"] = f"round of {prompt!r} in {workflow_id}: " + ", ".join(trace)
     return result
 
@@ -176,12 +216,12 @@ class Reply:
         self.catch_up: list[float] = []  # created after we asked for the stream, before it was established
         self.first_delta: float | None = None
         self.first_created = self.last_received = 0.0
-        self.trace: list[str] = []
+        self.trace: list[tuple] = []  # (kind, cursor, data): described only if the round breaks
 
     def take(self, received: float, kind: str, cursor: str | None, data: str) -> bool:
         """Record one event; True once the round is over for this client."""
         self.established = self.established or received
-        self.trace.append(describe(kind, cursor, data))
+        self.trace.append((kind, cursor, data))
         event = json.loads(data)
         if kind in ("complete", "stopped", "error"):
             if self.round is not None and event.get("roundNumber", self.round) < self.round:
@@ -328,10 +368,9 @@ async def idle_client(job: dict, results: mp.Queue, go, release) -> dict:
         return {"error": "never told to open"}
     url = f"/api/chatbot/{seeded['workflowId']}/stream"
     n = job["streams"]
-    clients = [new_client(job["url"], STREAMS_PER_CLIENT + 4, job["read_timeout"], cookies) for _ in range(math.ceil(n / STREAMS_PER_CLIENT))]
     streams = [IdleStream() for _ in range(n)]
     gate, settled = asyncio.Semaphore(job["open_concurrency"]), asyncio.Queue()
-    tasks = [asyncio.create_task(hold_stream(clients[i % len(clients)], url, gate, stream, settled)) for i, stream in enumerate(streams)]
+    tasks = [asyncio.create_task(hold_stream(job["url"], url, cookies, gate, stream, settled)) for stream in streams]
     await wait_settled(settled, n, job["open_timeout"])
     opened = sum(s.opened_at is not None and s.error is None for s in streams)
     results.put(("ready", job["index"], opened))
@@ -341,23 +380,21 @@ async def idle_client(job: dict, results: mp.Queue, go, release) -> dict:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    for client in clients:
-        await client.aclose()
     return summarize_idle(streams, ready, released)
 
 
-async def hold_stream(client: httpx.AsyncClient, url: str, gate: asyncio.Semaphore, stream: IdleStream, settled: asyncio.Queue) -> None:
+async def hold_stream(base_url: str, path: str, cookies, gate: asyncio.Semaphore, stream: IdleStream, settled: asyncio.Queue) -> None:
     """Open one stream (a few at a time: hypercorn's accept backlog is 100) and record
     when each keepalive comment arrives, until cancelled."""
     reported = False
     try:
         async with contextlib.AsyncExitStack() as exits:
             async with gate:  # held only while opening
-                response = await exits.enter_async_context(client.stream("GET", url))
+                response = await exits.enter_async_context(RawStream(base_url, path, cookies))
             if response.status_code != 200:
                 stream.error = f"status {response.status_code}"
                 return
-            async for received, kind, *_ in sse_events(response):  # the stored items come first
+            async for received, kind, *_ in response.events():  # the stored items come first
                 if not reported:
                     stream.opened_at, reported = received, True
                     settled.put_nowait(True)
@@ -714,7 +751,7 @@ def run_idle(server: Server, n: int, args) -> dict:
     open_timeout = max(60.0, n / 50)  # opening is a few ms of server CPU each
     hold = 3 * args.keepalive + 0.5
     jobs = [{"index": p, "url": server.stack.url, "streams": per_proc[p], "keepalive": args.keepalive,
-             "read_timeout": 5 * args.keepalive, "open_concurrency": 16, "open_timeout": open_timeout,
+             "open_concurrency": 16, "open_timeout": open_timeout,
              "timeout": open_timeout + hold + 120} for p in range(procs_n)]
     clients, web, figures = Clients(idle_client, jobs), server.web, {}
     try:

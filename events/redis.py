@@ -26,6 +26,7 @@ READ_COUNT = 1000
 ABANDONED_TTL = 24 * 3600  # a context never finished (its writer died) still goes away
 TTL_REFRESH_SECONDS = 1.0  # how often a busy context's ABANDONED_TTL is renewed
 WAKE_DEBOUNCE = 0.005
+READ_EVERY = 0.001
 
 
 class RedisFeed(EventFeed):
@@ -45,6 +46,8 @@ class RedisFeed(EventFeed):
         self._fresh: set[str] = set()  # keys whose TTL was renewed in this refresh period
         self._fresh_since = 0.0
         self._reader_task: asyncio.Task | None = None
+        self._last_read = 0.0
+        self._encoded: dict[str, bytes] = {}  # context id -> its key in RESP, while followed
 
     # writing
 
@@ -106,6 +109,7 @@ class RedisFeed(EventFeed):
             context_log.readers -= 1
             if not context_log.readers and self.logs.get(context_id) is context_log:
                 del self.logs[context_id], self.read_from[context_id]
+                self._encoded.pop(context_id, None)
 
     async def _attach(self, context_id: str) -> ContextLog:
         if (context_log := self.logs.get(context_id)) is None:
@@ -125,10 +129,14 @@ class RedisFeed(EventFeed):
 
     async def _read_forever(self) -> None:
         wake_from, backoff = ORIGIN, 0.1  # the wake stream is ours alone and holds one entry
+        loop = asyncio.get_running_loop()
         while True:
-            keys = [self.wake_key, *(self.prefix + c for c in self.read_from)]
+            # At most one XREAD per READ_EVERY: each names every followed stream, and
+            # under load one would otherwise go out for every few events.
+            await asyncio.sleep(max(0.0, self._last_read + READ_EVERY - loop.time()))
+            self._last_read = loop.time()
             try:
-                await self.reader.send_command("XREAD", "COUNT", READ_COUNT, "BLOCK", 30_000, "STREAMS", *keys, wake_from, *self.read_from.values())
+                await self.reader.send_packed_command(self._xread_command(wake_from))
                 replies = await self.reader.read_response()
                 backoff = 0.1
             except (ConnectionError, TimeoutError, OSError) as exc:
@@ -147,6 +155,20 @@ class RedisFeed(EventFeed):
                     context_log.append([_event(*entry) for entry in entries])
                     self.read_from[context_id] = entries[-1][0]
 
+    def _xread_command(self, wake_from: str) -> bytes:
+        """XREAD over the wake stream and every followed context, in RESP. Written here,
+        with each key's encoding kept, because redis-py's packing of a few hundred
+        arguments costs more than the read itself."""
+        keys = [self._encoded_key(self.wake_key), *map(self._encoded_key, self.read_from)]
+        head = b"*%d\r\n" % (6 + 2 * len(keys)) + _bulk("XREAD", "COUNT", str(READ_COUNT), "BLOCK", "30000", "STREAMS")
+        return b"".join([head, *keys, _bulk(wake_from, *self.read_from.values())])
+
+    def _encoded_key(self, context_id: str) -> bytes:
+        if (encoded := self._encoded.get(context_id)) is None:
+            key = context_id if context_id == self.wake_key else self.prefix + context_id
+            encoded = self._encoded[context_id] = _bulk(key)
+        return encoded
+
     async def ping(self) -> None:
         await self.redis.execute("PING")
 
@@ -160,6 +182,11 @@ class RedisFeed(EventFeed):
             await self.reader.disconnect()
             if self._owns_redis:
                 await self.redis.close()
+
+
+def _bulk(*args: str) -> bytes:
+    """Arguments as Redis protocol bulk strings."""
+    return b"".join(b"$%d\r\n%s\r\n" % (len(data), data) for data in (arg.encode() for arg in args))
 
 
 def _event(cursor: str, fields: list[str]) -> Event:

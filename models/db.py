@@ -8,6 +8,7 @@ from pathlib import Path
 
 from aerich import Command
 from tortoise import Tortoise
+from tortoise.backends.base.config_generator import expand_db_url
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -24,10 +25,20 @@ def tortoise_config(database_url: str) -> dict:
         # WAL with synchronous=NORMAL survives any process crash (a worker dying mid-reply)
         # and skips an fsync per commit; add ?synchronous=FULL to survive power loss too.
         database_url += ("&" if "?" in database_url else "?") + "synchronous=NORMAL"
+    connection: str | dict = database_url
+    if name == "postgres":
+        connection = expand_db_url(database_url)
+        connection["credentials"]["reset"] = _reset_connection
     return {
-        "connections": {name: database_url},
+        "connections": {name: connection},
         "apps": {"models": {"models": ["models", "aerich.models"], "default_connection": name}},
     }
+
+
+async def _reset_connection(connection) -> None:
+    """Replaces asyncpg's reset query on a connection's return to the pool, which would
+    cost a round trip per query to undo state this app never leaves (advisory locks,
+    cursors, LISTEN, settings). asyncpg still rolls back a transaction left open first."""
 
 
 def migrations_for(database_url: str) -> Path:

@@ -1,6 +1,7 @@
 """The arq worker: ``arq tasks.WorkerSettings`` runs the chatbot job."""
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from arq.connections import RedisSettings
@@ -12,9 +13,13 @@ from tasks.control import RedisControl
 from tasks.runtime import Runtime
 
 _settings = Settings.from_env()
-import os, asyncio
-if os.environ.get("XLOOP") == "uvloop":
-    import uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+try:  # arq makes its loop after loading these settings: make it uvloop's where installed
+    import uvloop
+except ImportError:  # Windows
+    pass
+else:
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 async def startup(ctx: dict) -> None:

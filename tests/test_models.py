@@ -189,3 +189,25 @@ async def test_concurrent_conditional_updates_have_one_winner(db):
     assert sorted(results) == [0] * 7 + [1]
     winner = [COMPLETED, STOPPED][results.index(1) % 2]
     assert (await Workflow.get(id=workflow.id)).status == winner
+
+
+async def test_a_pooled_connection_left_in_a_transaction_comes_back_without_it(db):
+    # Pooled PostgreSQL connections skip asyncpg's reset query (models/db.py), relying on
+    # asyncpg to roll back what this app can leave behind: a transaction left open.
+    if not db.startswith("postgres"):
+        pytest.skip("a PostgreSQL pool behaviour")
+    from tortoise import Tortoise
+
+    await Workflow.all().count()  # the pool opens on first use
+    pool = Tortoise.get_connection("postgres")._pool
+    async with pool.acquire() as connection:
+        left = await connection.fetchval("SELECT pg_backend_pid()")
+        await connection.execute("BEGIN")
+        await connection.execute("CREATE TEMPORARY TABLE left_open (x int)")
+    for _ in range(pool.get_max_size()):  # an idle pool hands back the connection just released
+        async with pool.acquire() as connection:
+            if await connection.fetchval("SELECT pg_backend_pid()") == left:
+                assert not connection.is_in_transaction()
+                assert await connection.fetchval("SELECT to_regclass('pg_temp.left_open')") is None  # rolled back
+                return
+    pytest.fail("never got the connection back")
