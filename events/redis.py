@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError, TimeoutError
 
 from events import ORIGIN, Event, EventFeed, FeedGap, category_set, encode, parse_cursor, wanted
 from events.log import ContextLog, follow
-from events.shared_redis import SharedRedis
+from events.shared_redis import SharedRedis, bulk
 
 log = logging.getLogger(__name__)
 
@@ -160,13 +160,13 @@ class RedisFeed(EventFeed):
         with each key's encoding kept, because redis-py's packing of a few hundred
         arguments costs more than the read itself."""
         keys = [self._encoded_key(self.wake_key), *map(self._encoded_key, self.read_from)]
-        head = b"*%d\r\n" % (6 + 2 * len(keys)) + _bulk("XREAD", "COUNT", str(READ_COUNT), "BLOCK", "30000", "STREAMS")
-        return b"".join([head, *keys, _bulk(wake_from, *self.read_from.values())])
+        head = b"*%d\r\n" % (6 + 2 * len(keys)) + bulk("XREAD", "COUNT", str(READ_COUNT), "BLOCK", "30000", "STREAMS")
+        return b"".join([head, *keys, bulk(wake_from, *self.read_from.values())])
 
     def _encoded_key(self, context_id: str) -> bytes:
         if (encoded := self._encoded.get(context_id)) is None:
             key = context_id if context_id == self.wake_key else self.prefix + context_id
-            encoded = self._encoded[context_id] = _bulk(key)
+            encoded = self._encoded[context_id] = bulk(key)
         return encoded
 
     async def ping(self) -> None:
@@ -182,11 +182,6 @@ class RedisFeed(EventFeed):
             await self.reader.disconnect()
             if self._owns_redis:
                 await self.redis.close()
-
-
-def _bulk(*args: str) -> bytes:
-    """Arguments as Redis protocol bulk strings."""
-    return b"".join(b"$%d\r\n%s\r\n" % (len(data), data) for data in (arg.encode() for arg in args))
 
 
 def _event(cursor: str, fields: list[str]) -> Event:
