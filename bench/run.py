@@ -611,6 +611,7 @@ def run_chats(server: Server, n: int, args) -> dict:
         sample = sampler(lambda: connections.append(server.web_redis_connections()), 1.0)
         background = wait_for_quiet(args.quiet_wait)
         cpu_before, machine_before, wall = server.cpu_seconds(), busy_seconds(), time.monotonic()
+        steal_before = steal_seconds()
         parent_before = sum(psutil.Process().cpu_times()[:2])
         clients.go.set()
         if args.py_spy:
@@ -619,6 +620,7 @@ def run_chats(server: Server, n: int, args) -> dict:
         outcomes = clients.wait_for("result", run_timeout, sample)
         wall = time.monotonic() - wall
         cpu_after, machine = server.cpu_seconds(), busy_seconds() - machine_before
+        steal = steal_seconds() - steal_before
         parent = sum(psutil.Process().cpu_times()[:2]) - parent_before
     finally:
         clients.stop()
@@ -626,13 +628,20 @@ def run_chats(server: Server, n: int, args) -> dict:
             stop_py_spy(proc)
     for name, proc in profiles.items():
         print_profile(name, proc.args[proc.args.index("--output") + 1])
-    return summarize_chats(n, args, outcomes, procs_n, cpu_before, cpu_after, wall, machine - parent, background, connections, server.log_problems())
+    return summarize_chats(n, args, outcomes, procs_n, cpu_before, cpu_after, wall, machine - parent, background, connections,
+                           server.log_problems()) | {"steal": steal}
 
 
 def busy_seconds() -> float:
     """CPU seconds the whole machine has been busy (all cores)."""
     t = psutil.cpu_times()
-    return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0) + getattr(t, "steal", 0)
+    return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
+
+
+def steal_seconds() -> float:
+    """CPU seconds the hypervisor gave to other guests while ours wanted them: on a shared
+    VM, time in which nothing here ran. Printed, since it makes every latency longer."""
+    return getattr(psutil.cpu_times(), "steal", 0.0)
 
 
 def wait_for_quiet(limit: float, threshold: float = 0.25) -> float:
@@ -758,6 +767,7 @@ def run_idle(server: Server, n: int, args) -> dict:
         clients.wait_for("seeded", 120)
         figures["background"] = wait_for_quiet(args.quiet_wait)
         rss_before, cpu_before, opening = web.memory_info().rss, sum(web.cpu_times()[:2]), time.monotonic()
+        steal_before = steal_seconds()
         clients.go.set()
         ready = clients.wait_for("ready", open_timeout + 30)
         figures["open_seconds"] = time.monotonic() - opening
@@ -768,6 +778,7 @@ def run_idle(server: Server, n: int, args) -> dict:
         figures["kb_per_stream"] = (figures["rss_after"] - rss_before) / 1024 / opened if opened else math.nan
         figures["rss_before"] = rss_before
         clients.release.set()
+        figures["steal"], figures["wall"] = steal_seconds() - steal_before, time.monotonic() - opening
         outcomes = clients.wait_for("result", 120)
     finally:
         clients.stop()
@@ -866,6 +877,7 @@ def print_chats(mode: str, rows: list[dict]) -> None:
                  f"{fmt(r['events'])} events", f"machine CPU busy {fmt(100 * r['machine_busy'], 0)} %",
                  f"client CPU {fmt(r['client_cpu'])} s in {r['procs']} procs over {fmt(r['wall'])} s",
                  f"other processes' CPU {fmt(r['other_cpu'])} s (machine {fmt(100 * r['background'], 0)} % busy before)",
+                 f"stolen by the hypervisor {fmt(r['steal'])} s of {fmt(r['wall'] * psutil.cpu_count())} CPU s",
                  "server CPU s " + ", ".join(f"{k} {v:.2f}" for k, v in r["cpu"].items())]
         if r["broken_why"]:
             extra.append(f"broken: {r['broken_why']}")
@@ -894,7 +906,8 @@ def print_idle(mode: str, rows: list[dict]) -> None:
                  f"{fmt(r['life_max'], 2)} s, {fmt(r['life_late'])} late",
                  f"server says {fmt(r['server_streams'], 0)} open", f"{fmt(r['measured'])} streams measured",
                  f"client CPU {fmt(r['client_cpu'])} s", f"machine {fmt(r['hold_busy_pct'], 0)} % busy while holding"
-                 f" ({fmt(100 * r['background'], 0)} % before)"]
+                 f" ({fmt(100 * r['background'], 0)} % before)",
+                 f"stolen by the hypervisor {fmt(r['steal'])} s of {fmt(r['wall'] * psutil.cpu_count())} CPU s"]
         if r["errors"]:
             extra.append(f"errors: {r['errors']}")
         if r["log_problems"][0]:

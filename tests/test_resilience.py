@@ -72,6 +72,25 @@ async def test_a_worker_killed_mid_reply_ends_the_round_with_an_error(client, se
     assert events[-1].event == "complete"
 
 
+async def test_a_running_chat_job_is_no_longer_in_the_queue(client, server):
+    # arq re-examines every job left in its queue on every poll, so running jobs would make
+    # each poll of every worker slower and new chats wait behind them (tasks/worker.py).
+    if server.mode != "redis":
+        pytest.skip("the arq queue exists in Redis mode only")
+    from redis.asyncio import Redis
+
+    started = await start(client, "a job that leaves the queue")
+    head = await read_stream(client, started["streamUrl"], limit=6)
+    assert head[-1].kind == "delta"  # the job is running
+    redis = Redis.from_url(server.env["REDIS_URL"], decode_responses=True)
+    try:
+        assert await redis.zrange(server.env["QUEUE_NAME"], 0, -1) == []
+    finally:
+        await redis.aclose()
+    rest = await read_stream(client, started["streamUrl"], last_event_id=head[-1].id)
+    assert rest[-1].event == "complete"
+
+
 @pytest.fixture(scope="module", params=MODES)
 def short_retention_server(request):
     with stack_for(request, request.param, {"FEED_RETENTION_SECONDS": "0.5"}) as stack:
