@@ -52,6 +52,7 @@ const state = {
   stickToBottom: true,
   listTimer: null,
   lastStatusCheck: 0,
+  endedRound: 0, // the latest round whose end event arrived: older "running" answers are stale
 };
 
 // ---- announcements, notices, errors ------------------------------------------------
@@ -213,6 +214,7 @@ function onStreamEvent(type, data) {
   }
   if (type === 'complete' || type === 'stopped' || type === 'error') {
     const ended = data.roundNumber == null || Number(data.roundNumber) >= view.latestRound;
+    state.endedRound = Math.max(state.endedRound, Number(data.roundNumber) || 0);
     view.terminate(type, data);
     if (ended) {
       setRunning(false);
@@ -263,6 +265,8 @@ async function refreshStatus(workflowId) {
 
 function applyStatus(status, workflow = null) {
   if (status === 'running') {
+    // A status asked for before this round's end event came, answered after it.
+    if (workflow && Number(workflow.roundNumber) <= state.endedRound) return;
     setRunning(true);
     return;
   }
@@ -318,6 +322,7 @@ function resetConversation(workflowId) {
   state.sending = false;
   state.stopping = false;
   state.running = false;
+  state.endedRound = 0;
   view.reset(workflowId);
   view.setRunning(false);
   showNotice('');

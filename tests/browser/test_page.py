@@ -321,6 +321,33 @@ async def test_stop_keeps_the_partial_reply(slow_context):
     await wait_reply_done(page, 2)
 
 
+async def test_a_status_asked_mid_reply_and_answered_after_it_ended_is_ignored(slow_context):
+    # The page asks for the status while a round runs; on a loaded server the answer
+    # ("running") can come after the round's end event. It must not bring Stop back.
+    page = await open_app(slow_context)
+    answers: list[dict] = []
+    release = asyncio.Event()
+
+    async def hold(route) -> None:
+        response = await route.fetch()  # asked now, answered later
+        answers.append(await response.json())
+        await release.wait()
+        await route.fulfill(response=response)
+
+    await page.route(re.compile(r".*/api/chatbot/[0-9a-f-]{36}$"), hold)
+    await send(page, "a status that arrives late")
+    for _ in range(400):
+        if any(a["workflow"]["status"] == "running" for a in answers):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the page never asked for the status mid-reply")
+    await wait_reply_done(page)
+    release.set()
+    await page.wait_for_timeout(500)  # the late answers land
+    await expect(send_button(page)).to_be_visible(timeout=1000)  # before the page's own 5 s re-check
+
+
 async def test_reload_mid_reply_shows_the_text_so_far_then_the_rest(slow_context):
     page = await open_app(slow_context)
     await send(page, "reload me in the middle")
