@@ -430,7 +430,8 @@ async function send(prompt, { fromComposer = true, retryOf = null } = {}) {
   }
   if (retryOf != null) view.retired(retryOf);
   view.setPendingMessageId(answer?.messageId);
-  setRunning(true);
+  // On a busy server the open stream may bring the whole round before this answer.
+  if (!view.endedWith(answer?.messageId)) setRunning(true);
   const id = answer?.workflowId || workflowId;
   if (!workflowId && id) {
     state.workflowId = id;

@@ -115,6 +115,12 @@ export class ConversationView {
     this.hooks.onChange();
   }
 
+  /** Whether the round of this message has already ended (its end event arrived). */
+  endedWith(messageId) {
+    const m = messageId == null ? null : this.messages.get(String(messageId));
+    return !!m && this.terminated.has(m.round);
+  }
+
   setPendingMessageId(id) {
     if (this.pending && id) this.pending.messageId = id;
   }

@@ -348,6 +348,28 @@ async def test_a_status_asked_mid_reply_and_answered_after_it_ended_is_ignored(s
     await expect(send_button(page)).to_be_visible(timeout=1000)  # before the page's own 5 s re-check
 
 
+async def test_a_start_answered_after_its_round_ended_leaves_send(context):
+    # The conversation's stream is open, so a short round can reach the page whole
+    # before the answer to its POST does (a busy server). The page must not then show Stop.
+    page = await open_app(context)
+    await send(page, "first")
+    await wait_reply_done(page)
+    release = asyncio.Event()
+
+    async def hold(route) -> None:
+        response = await route.fetch()
+        await release.wait()
+        await route.fulfill(response=response)
+
+    await page.route("**/api/chatbot/start", hold)
+    await send(page, "second, answered late")
+    await expect(page.locator(".msg-assistant.is-final")).to_have_count(2, timeout=LONG)
+    await expect(page.locator(".msg-assistant.streaming")).to_have_count(0)
+    release.set()
+    await page.wait_for_timeout(500)  # the late answer lands
+    await expect(send_button(page)).to_be_visible(timeout=1000)  # before the page's own 5 s re-check
+
+
 async def test_reload_mid_reply_shows_the_text_so_far_then_the_rest(slow_context):
     page = await open_app(slow_context)
     await send(page, "reload me in the middle")
