@@ -90,9 +90,13 @@ class SharedRedis:
 def pack(*args: Any) -> bytes:
     """A command in the Redis protocol. Written here because redis-py's packing costs
     more than the rest of a command's trip on a busy worker."""
-    return b"*%d\r\n" % len(args) + bulk(*(str(arg) for arg in args))
+    return b"*%d\r\n" % len(args) + bulk(*args)
 
 
-def bulk(*args: str) -> bytes:
-    """Arguments as Redis protocol bulk strings."""
-    return b"".join(b"$%d\r\n%s\r\n" % (len(data), data) for data in (arg.encode() for arg in args))
+def bulk(*args: Any) -> bytes:
+    """Arguments (bytes as they are, anything else as text) as Redis protocol bulk strings."""
+    return b"".join(b"$%d\r\n%s\r\n" % (len(data), data) for data in (_bytes(arg) for arg in args))
+
+
+def _bytes(arg: Any) -> bytes:
+    return arg if isinstance(arg, bytes) else str(arg).encode()

@@ -11,6 +11,7 @@ from tortoise import Tortoise
 from tortoise.backends.base.config_generator import expand_db_url
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+POSTGRES_POOL_SIZE = 20
 
 
 def dialect(database_url: str) -> str:
@@ -29,6 +30,10 @@ def tortoise_config(database_url: str) -> dict:
     if name == "postgres":
         connection = expand_db_url(database_url)
         connection["credentials"]["reset"] = _reset_connection
+        # A busy web process has hundreds of requests in flight, each holding a pooled
+        # connection for a loop turn per query: Tortoise's default of 5 makes them queue.
+        # ?maxsize=N in DATABASE_URL sets another size.
+        connection["credentials"].setdefault("maxsize", POSTGRES_POOL_SIZE)
     return {
         "connections": {name: connection},
         "apps": {"models": {"models": ["models", "aerich.models"], "default_connection": name}},

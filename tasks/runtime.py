@@ -8,8 +8,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from arq.connections import ArqRedis
-from redis.asyncio import BlockingConnectionPool
+from arq.constants import expires_extra_ms, job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
 
 from config import Settings
 from events import EventFeed, make_feed
@@ -22,6 +23,17 @@ log = logging.getLogger(__name__)
 
 CHAT_JOB = "run_chatbot"
 
+# arq's ArqRedis.enqueue_job as one atomic script: the job, in arq's own format, unless a
+# job or result with its id exists. arq's version holds a pooled connection for three
+# round trips (WATCH, EXISTS, MULTI/EXEC); on a busy web process every start then waits
+# for the few connections there are. A script goes through the shared connection.
+ENQUEUE_SCRIPT = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+return 1
+"""
+
 
 @dataclass
 class Runtime:
@@ -29,8 +41,7 @@ class Runtime:
     feed: EventFeed
     control: LocalControl
     provider: ChatProvider | None = None
-    arq: ArqRedis | None = None
-    redis: SharedRedis | None = None  # shared by the feed and round control
+    redis: SharedRedis | None = None  # Redis mode: shared by the feed, round control and the queue
     jobs: set[asyncio.Task] = field(default_factory=set)  # embedded mode's running rounds
 
     @classmethod
@@ -39,23 +50,20 @@ class Runtime:
         if settings.redis_url is None:
             feed = make_feed("memory://", **options)
             return cls(settings, feed, LocalControl(), make_provider(settings))
-        # A web process holds 4 Redis connections in all: one for every feed and round
-        # control command, however many requests are in flight (see events/shared_redis.py),
-        # the feed's blocking reader, and 2 for the job queue, whose enqueue is a transaction.
-        # A worker enqueues nothing but lets its jobs' arq bookkeeping share more.
+        # A web process holds 2 Redis connections, however many requests and streams it
+        # serves: one for every command (see events/shared_redis.py) and the feed's reader.
         redis = SharedRedis(settings.redis_url)
         feed = make_feed(settings.redis_url, key_prefix=settings.key_prefix, redis=redis, **options)
         control = RedisControl(redis, settings.key_prefix, settings.lease_seconds)
-        arq = ArqRedis(
-            connection_pool=BlockingConnectionPool.from_url(settings.redis_url, max_connections=8 if runs_jobs else 2),
-            default_queue_name=settings.queue_name,
-        )
-        return cls(settings, feed, control, make_provider(settings) if runs_jobs else None, arq, redis)
+        return cls(settings, feed, control, make_provider(settings) if runs_jobs else None, redis)
 
     async def enqueue_round(self, workflow_id: str, round_number: int) -> None:
         await self.control.expect(workflow_id, round_number)
-        if self.arq is not None:
-            await self.arq.enqueue_job(CHAT_JOB, workflow_id, round_number, _job_id=f"chat:{workflow_id}:{round_number}")
+        if self.redis is not None:
+            job_id, now = f"chat:{workflow_id}:{round_number}", timestamp_ms()
+            job = serialize_job(CHAT_JOB, (workflow_id, round_number), {}, None, now)
+            keys = (job_key_prefix + job_id, result_key_prefix + job_id, self.settings.queue_name)
+            await self.redis.execute("EVAL", ENQUEUE_SCRIPT, len(keys), *keys, expires_extra_ms, job, now, job_id)
             return
         from tasks.chatbot import run_chatbot  # the job sits above the runtime it runs in
 
@@ -73,8 +81,6 @@ class Runtime:
         await self.feed.close()
         if self.redis is not None:
             await self.redis.close()
-        if self.arq is not None:
-            await self.arq.aclose()
 
 
 async def _in_process(job: Callable[..., Awaitable[str]], ctx: dict, *args) -> None:

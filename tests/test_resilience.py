@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from urllib.parse import urlparse
 
 import pytest
 
@@ -89,6 +90,31 @@ async def test_a_running_chat_job_is_no_longer_in_the_queue(client, server):
         await redis.aclose()
     rest = await read_stream(client, started["streamUrl"], last_event_id=head[-1].id)
     assert rest[-1].event == "complete"
+
+
+async def test_the_web_process_holds_two_redis_connections_however_busy(client, server):
+    # One multiplexed connection for every command, one blocking reader for every stream.
+    if server.mode != "redis":
+        pytest.skip("Redis mode only")
+    import psutil
+
+    first, _ = await run_round(client)
+    streams = [asyncio.create_task(read_stream(client, first["streamUrl"], timeout=60)) for _ in range(20)]
+    try:
+        await asyncio.gather(*(run_round(client, f"busy {i}") for i in range(10)))
+        redis_port = urlparse(server.env["REDIS_URL"]).port or 6379
+        web = psutil.Process(server.web.pid)
+        held = {
+            c.laddr.port
+            for p in (web, *web.children(recursive=True))
+            for c in getattr(p, "net_connections", p.connections)("tcp")
+            if c.raddr and c.raddr.port == redis_port and c.status == psutil.CONN_ESTABLISHED
+        }
+        assert len(held) == 2, held
+    finally:
+        for stream in streams:
+            stream.cancel()
+        await asyncio.gather(*streams, return_exceptions=True)
 
 
 @pytest.fixture(scope="module", params=MODES)
