@@ -152,7 +152,9 @@ class RawStream:
 
 
 def new_client(base_url: str, connections: int, read_timeout: float | None, cookies=None) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    # Idle connections are dropped before Hypercorn's 5 s keep-alive timeout would close
+    # them under a request (a POST on a connection the server is closing fails).
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=2.0)
     timeout = httpx.Timeout(30.0, read=read_timeout)  # connect may wait out a full accept backlog
     return httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout, cookies=cookies)
 
