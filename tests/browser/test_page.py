@@ -321,20 +321,33 @@ async def test_stop_keeps_the_partial_reply(slow_context):
     await wait_reply_done(page, 2)
 
 
-async def test_a_status_asked_mid_reply_and_answered_after_it_ended_is_ignored(slow_context):
-    # The page asks for the status while a round runs; on a loaded server the answer
-    # ("running") can come after the round's end event. It must not bring Stop back.
-    page = await open_app(slow_context)
-    answers: list[dict] = []
-    release = asyncio.Event()
+async def hold_answers(page: Page, url) -> tuple[list[dict], asyncio.Event]:
+    """Requests to ``url`` are answered by the server at once but reach the page only once
+    the returned event is set, as from a busy server; the answers' bodies, in order."""
+    answers, release = [], asyncio.Event()
 
     async def hold(route) -> None:
-        response = await route.fetch()  # asked now, answered later
+        response = await route.fetch()
         answers.append(await response.json())
         await release.wait()
         await route.fulfill(response=response)
 
-    await page.route(re.compile(r".*/api/chatbot/[0-9a-f-]{36}$"), hold)
+    await page.route(url, hold)
+    return answers, release
+
+
+async def deliver_late_answers(page: Page, release: asyncio.Event) -> None:
+    """Let the held answers land; the page must still offer Send (not Stop)."""
+    release.set()
+    await page.wait_for_timeout(500)
+    await expect(send_button(page)).to_be_visible(timeout=1000)  # before the page's own 5 s re-check
+
+
+async def test_a_status_asked_mid_reply_and_answered_after_it_ended_is_ignored(slow_context):
+    # The page asks for the status while a round runs; on a loaded server the answer
+    # ("running") can come after the round's end event. It must not bring Stop back.
+    page = await open_app(slow_context)
+    answers, release = await hold_answers(page, re.compile(r".*/api/chatbot/[0-9a-f-]{36}$"))
     await send(page, "a status that arrives late")
     for _ in range(400):
         if any(a["workflow"]["status"] == "running" for a in answers):
@@ -343,9 +356,7 @@ async def test_a_status_asked_mid_reply_and_answered_after_it_ended_is_ignored(s
     else:
         pytest.fail("the page never asked for the status mid-reply")
     await wait_reply_done(page)
-    release.set()
-    await page.wait_for_timeout(500)  # the late answers land
-    await expect(send_button(page)).to_be_visible(timeout=1000)  # before the page's own 5 s re-check
+    await deliver_late_answers(page, release)
 
 
 async def test_a_start_answered_after_its_round_ended_leaves_send(context):
@@ -354,20 +365,11 @@ async def test_a_start_answered_after_its_round_ended_leaves_send(context):
     page = await open_app(context)
     await send(page, "first")
     await wait_reply_done(page)
-    release = asyncio.Event()
-
-    async def hold(route) -> None:
-        response = await route.fetch()
-        await release.wait()
-        await route.fulfill(response=response)
-
-    await page.route("**/api/chatbot/start", hold)
+    _, release = await hold_answers(page, "**/api/chatbot/start")
     await send(page, "second, answered late")
     await expect(page.locator(".msg-assistant.is-final")).to_have_count(2, timeout=LONG)
     await expect(page.locator(".msg-assistant.streaming")).to_have_count(0)
-    release.set()
-    await page.wait_for_timeout(500)  # the late answer lands
-    await expect(send_button(page)).to_be_visible(timeout=1000)  # before the page's own 5 s re-check
+    await deliver_late_answers(page, release)
 
 
 async def test_reload_mid_reply_shows_the_text_so_far_then_the_rest(slow_context):
