@@ -24,7 +24,7 @@ class ContextLog:
         # for whatever is retained. A Redis-side copy sends such readers to Redis.
         self.holds_origin = holds_origin
         self.readers = 0
-        self._changed = asyncio.Event()
+        self._waiters: set[asyncio.Future] = set()
 
     def append(self, events: list[Event]) -> None:
         for event in events:
@@ -35,8 +35,10 @@ class ContextLog:
         if len(self.events) > self.max_events * 5 // 4:  # trim in steps, not on every append
             del self.events[: -self.max_events], self.positions[: -self.max_events]
             self.floor = self.positions[0]
-        self._changed.set()
-        self._changed = asyncio.Event()
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(True)
+        self._waiters.clear()
 
     def clear(self) -> None:
         """Drop the events; readers at the tail go on, older cursors now get FeedGap."""
@@ -52,13 +54,24 @@ class ContextLog:
         return self.events[start : start + MAX_BATCH]
 
     async def wait(self, timeout: float | None) -> bool:
-        """Until the next append (True) or the timeout (False)."""
-        try:  # asyncio.timeout, not wait_for: no task per wait (this runs per event per reader)
-            async with asyncio.timeout(timeout):
-                await self._changed.wait()
-            return True
-        except TimeoutError:
-            return False
+        """Until the next append (True) or the timeout (False). A future and a timer, not
+        asyncio.timeout: this runs per event and per keepalive for every reader, and a
+        timeout by cancellation costs an exception each time."""
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._waiters.add(waiter)
+        timer = None if timeout is None else loop.call_later(timeout, _time_out, waiter)
+        try:
+            return await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._waiters.discard(waiter)
+
+
+def _time_out(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
 
 
 async def follow(
