@@ -386,7 +386,7 @@ async def idle_client(job: dict, results: mp.Queue, go, release) -> dict:
 
 
 async def hold_stream(base_url: str, path: str, cookies, gate: asyncio.Semaphore, stream: IdleStream, settled: asyncio.Queue) -> None:
-    """Open one stream (a few at a time: hypercorn's accept backlog is 100) and record
+    """Open one stream (a few at a time, not ten thousand connects at once) and record
     when each keepalive comment arrives, until cancelled."""
     reported = False
     try:

@@ -141,7 +141,7 @@ class Stack:
 def start_stack(
     mode: str, extra_env: dict[str, str] | None = None, *, workers: int = 2, redis_url: str | None = None, database_url: str | None = None
 ) -> Iterator[Stack]:
-    """Start the app as the README tells operators: ``hypercorn --worker-class uvloop app:app``
+    """Start the app as the README tells operators: ``hypercorn --worker-class uvloop --backlog 2048 app:app``
     and ``arq tasks.WorkerSettings``.
 
     ``mode`` is "memory" (embedded, no REDIS_URL) or "redis" (needs ``redis_url``)."""
@@ -157,7 +157,7 @@ def start_stack(
     env |= extra_env or {}
     log = open(data / "web.log", "ab")
     web = subprocess.Popen(
-        [str(BIN / "hypercorn"), "--worker-class", "uvloop", "app:app", "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "2"],
+        [str(BIN / "hypercorn"), "--worker-class", "uvloop", "--backlog", "2048", "app:app", "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "2"],
         cwd=ROOT,
         env=env,
         stdout=log,
