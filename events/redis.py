@@ -46,7 +46,7 @@ class RedisFeed(EventFeed):
         self._fresh: set[str] = set()  # keys whose TTL was renewed in this refresh period
         self._fresh_since = 0.0
         self._reader_task: asyncio.Task | None = None
-        self._last_read = 0.0
+        self._encoded_wake_key = bulk(self.wake_key)
         self._encoded: dict[str, bytes] = {}  # context id -> its key in RESP, while followed
 
     # writing
@@ -129,12 +129,12 @@ class RedisFeed(EventFeed):
 
     async def _read_forever(self) -> None:
         wake_from, backoff = ORIGIN, 0.1  # the wake stream is ours alone and holds one entry
-        loop = asyncio.get_running_loop()
+        loop, last_read = asyncio.get_running_loop(), 0.0
         while True:
             # At most one XREAD per READ_EVERY: each names every followed stream, and
             # under load one would otherwise go out for every few events.
-            await asyncio.sleep(max(0.0, self._last_read + READ_EVERY - loop.time()))
-            self._last_read = loop.time()
+            await asyncio.sleep(max(0.0, last_read + READ_EVERY - loop.time()))
+            last_read = loop.time()
             try:
                 await self.reader.send_packed_command(self._xread_command(wake_from))
                 replies = await self.reader.read_response()
@@ -159,14 +159,13 @@ class RedisFeed(EventFeed):
         """XREAD over the wake stream and every followed context, in RESP. Written here,
         with each key's encoding kept, because redis-py's packing of a few hundred
         arguments costs more than the read itself."""
-        keys = [self._encoded_key(self.wake_key), *map(self._encoded_key, self.read_from)]
+        keys = [self._encoded_wake_key, *map(self._encoded_key, self.read_from)]
         head = b"*%d\r\n" % (6 + 2 * len(keys)) + bulk("XREAD", "COUNT", str(READ_COUNT), "BLOCK", "30000", "STREAMS")
         return b"".join([head, *keys, bulk(wake_from, *self.read_from.values())])
 
     def _encoded_key(self, context_id: str) -> bytes:
         if (encoded := self._encoded.get(context_id)) is None:
-            key = context_id if context_id == self.wake_key else self.prefix + context_id
-            encoded = self._encoded[context_id] = bulk(key)
+            encoded = self._encoded[context_id] = bulk(self.prefix + context_id)
         return encoded
 
     async def ping(self) -> None:

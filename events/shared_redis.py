@@ -75,9 +75,6 @@ class SharedRedis:
         else:
             future.set_result(reply)
 
-    async def client_id(self) -> int:
-        return await self.execute("CLIENT", "ID")
-
     async def close(self) -> None:
         if self._sending is not None:
             self._sending.cancel()

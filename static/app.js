@@ -52,7 +52,6 @@ const state = {
   stickToBottom: true,
   listTimer: null,
   lastStatusCheck: 0,
-  endedRound: 0, // the latest round whose end event arrived: older "running" answers are stale
 };
 
 // ---- announcements, notices, errors ------------------------------------------------
@@ -214,7 +213,6 @@ function onStreamEvent(type, data) {
   }
   if (type === 'complete' || type === 'stopped' || type === 'error') {
     const ended = data.roundNumber == null || Number(data.roundNumber) >= view.latestRound;
-    state.endedRound = Math.max(state.endedRound, Number(data.roundNumber) || 0);
     view.terminate(type, data);
     if (ended) {
       setRunning(false);
@@ -266,7 +264,7 @@ async function refreshStatus(workflowId) {
 function applyStatus(status, workflow = null) {
   if (status === 'running') {
     // A status asked for before this round's end event came, answered after it.
-    if (workflow && Number(workflow.roundNumber) <= state.endedRound) return;
+    if (workflow && view.hasEnded(workflow.roundNumber)) return;
     setRunning(true);
     return;
   }
@@ -322,7 +320,6 @@ function resetConversation(workflowId) {
   state.sending = false;
   state.stopping = false;
   state.running = false;
-  state.endedRound = 0;
   view.reset(workflowId);
   view.setRunning(false);
   showNotice('');

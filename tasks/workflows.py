@@ -112,8 +112,8 @@ async def stream_workflow(
     stream = _Stream(runtime, workflow.id, category_set(categories))
     OPEN_STREAMS.inc()
     try:
-        # Shielded: a client that leaves while we read must not cut a database or Redis
-        # command in half and leave its connection in the pool mid-reply.
+        # Shielded: a client that leaves while we read must not cut a database query in
+        # half and leave its pooled connection mid-reply (Redis commands are safe to leave).
         initial, follow_from = await asyncio.shield(stream.open(last_event_id))
         chunk, done = stream.render(initial, live=False)
         del initial  # an idle stream lives long: keep no snapshot around

@@ -654,7 +654,7 @@ async def test_redis_feed_command_connection_reconnects_after_losing_it(make_fee
     feed = make_feed()
     context_id = ctx()
     first = await feed.emit(context_id, "t", {"i": 0})
-    writer_id = await feed.redis.client_id()
+    writer_id = await feed.redis.execute("CLIENT", "ID")
     admin = Redis.from_url(redis_url)
     try:
         assert await admin.client_kill_filter(_id=str(writer_id)) == 1

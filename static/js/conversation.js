@@ -115,10 +115,15 @@ export class ConversationView {
     this.hooks.onChange();
   }
 
-  /** Whether the round of this message has already ended (its end event arrived). */
+  /** Whether this round's end event has arrived. */
+  hasEnded(roundNumber) {
+    return this.terminated.has(Number(roundNumber));
+  }
+
+  /** Whether the round of this message has already ended. */
   endedWith(messageId) {
     const m = messageId == null ? null : this.messages.get(String(messageId));
-    return !!m && this.terminated.has(m.round);
+    return !!m && this.hasEnded(m.round);
   }
 
   setPendingMessageId(id) {
