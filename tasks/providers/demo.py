@@ -33,9 +33,13 @@ class DemoProvider:
     async def stream_reply(self, turns: list[ChatTurn], on_usage: UsageCallback | None = None) -> AsyncIterator[str]:
         prompt = next((t.content for t in reversed(turns) if t.role == "user"), "")
         pieces = self.reply_tokens(prompt)
+        # Paced by the clock, not by pauses after each token: a model server generates at
+        # its own rate however long its client takes over each token.
+        loop = asyncio.get_running_loop()
+        begin = loop.time()
         for i, piece in enumerate(pieces):
             if i:
-                await asyncio.sleep(self.interval)
+                await asyncio.sleep(begin + i * self.interval - loop.time())
             yield piece
         if on_usage is not None:
             await on_usage({"prompt_tokens": len(prompt.split()), "completion_tokens": len(pieces)})
