@@ -457,15 +457,20 @@ class Server:
     redis_pid: int | None
 
     @property
-    def web(self) -> psutil.Process:
-        # hypercorn with its default one worker serves from a spawned child; the parent
-        # only supervises, so the child holds the sockets, the memory and the CPU time.
+    def webs(self) -> list[psutil.Process]:
+        # hypercorn serves from spawned children (one by default); the parent only
+        # supervises, so the children hold the sockets, the memory and the CPU time.
         parent = psutil.Process(self.stack.web.pid)
         children = [c for c in parent.children() if "spawn_main" in " ".join(c.cmdline())]
-        return children[0] if children else parent
+        return children or [parent]
+
+    @property
+    def web(self) -> psutil.Process:
+        return self.webs[0]
 
     def processes(self) -> dict[str, psutil.Process]:
-        procs = {"web": self.web}
+        webs = self.webs
+        procs = {"web": webs[0]} if len(webs) == 1 else {f"web{i}": p for i, p in enumerate(webs)}
         procs |= {f"worker{i}": psutil.Process(w.pid) for i, w in enumerate(self.stack.workers)}
         if self.redis_pid:
             procs["redis"] = psutil.Process(self.redis_pid)
@@ -475,21 +480,19 @@ class Server:
         return {name: sum(p.cpu_times()[:2]) for name, p in self.processes().items()}
 
     def web_redis_connections(self) -> int | None:
-        """CLIENT LIST entries whose client port is a TCP connection of the web process."""
+        """Redis connections held by a web process (CLIENT LIST entries whose client port
+        is one of its TCP connections): the most any one web process holds."""
         if not self.redis_url:
             return None
         import redis
 
         port = urlparse(self.redis_url).port or 6379
-        web = psutil.Process(self.stack.web.pid)
-        local_ports = {
-            c.laddr.port
-            for p in (web, *web.children())
-            for c in p.net_connections("tcp")
-            if c.raddr and c.raddr.port == port
-        }
         with redis.Redis.from_url(self.redis_url) as client:
-            return sum(int(entry["addr"].rsplit(":", 1)[1]) in local_ports for entry in client.client_list())
+            clients = {int(entry["addr"].rsplit(":", 1)[1]) for entry in client.client_list()}
+        return max(
+            sum(c.laddr.port in clients for c in web.net_connections("tcp") if c.raddr and c.raddr.port == port)
+            for web in self.webs
+        )
 
     def log_problems(self) -> tuple[int, str]:
         """Errors in the server logs (a traceback counts once, by its exception line) and
@@ -508,14 +511,16 @@ class Server:
 
 
 @contextlib.contextmanager
-def serve(mode: str, env: dict[str, str], redis_url: str | None, redis_pid: int | None, postgres_url: str | None = None):
+def serve(mode: str, env: dict[str, str], redis_url: str | None, redis_pid: int | None, postgres_url: str | None = None,
+          web_processes: int = 1):
     with contextlib.ExitStack() as exits:
         # A database of our own on the given PostgreSQL server (dropped afterwards), else SQLite.
         database_url = exits.enter_context(postgres_database(postgres_url)) if postgres_url else None
         if mode == "redis":  # keys of our own, recognisable on a shared Redis; nothing is ever flushed
             run = uuid.uuid4().hex[:8]
             env = env | {"KEY_PREFIX": f"bench-{run}:", "QUEUE_NAME": f"bench-{run}:queue"}
-        stack = exits.enter_context(start_stack(mode, env, workers=2, redis_url=redis_url, database_url=database_url))
+        stack = exits.enter_context(start_stack(mode, env, workers=2, redis_url=redis_url, database_url=database_url,
+                                                web_processes=web_processes))
         server = Server(stack, redis_url, redis_pid)
         if mode == "redis":
             wait_workers_ready(stack, redis_url, 2)
@@ -933,6 +938,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--idle", default="1000,5000,10000", help="idle streams per run, comma-separated (default %(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per chat, back to back (default %(default)s)")
     parser.add_argument("--ramp", type=float, default=2.0, help="seconds over which chats start (default %(default)s)")
+    parser.add_argument("--web-processes", type=int, default=1, metavar="N",
+                        help="Hypercorn web processes for the chats scenario in Redis mode (idle streams: always one; default %(default)s)")
     parser.add_argument("--procs", type=int, default=2, help="client processes for chats (default %(default)s)")
     parser.add_argument("--idle-procs", type=int, default=4, help="client processes for idle streams (default %(default)s)")
     parser.add_argument("--keepalive", type=float, default=2.0, help="KEEPALIVE_SECONDS for the idle run (default %(default)s)")
@@ -956,10 +963,11 @@ def run_mode(mode: str, args) -> None:
         if args.scenario in ("chats", "all"):
             rows = []
             for n in args.chat_counts:
-                with serve(mode, chats_env(), redis_url, redis_pid, args.postgres_url) as server:
+                with serve(mode, chats_env(), redis_url, redis_pid, args.postgres_url, args.web_processes if mode == "redis" else 1) as server:
                     rows.append(run_chats(server, n, args))
                 print(f"  [{mode}] {n} chats done", flush=True)
-            print_chats(f"{mode}/{database}", rows)
+            webs = f" ({args.web_processes} web)" if mode == "redis" and args.web_processes > 1 else ""
+            print_chats(f"{mode}/{database}{webs}", rows)
         if args.scenario in ("idle", "all"):
             rows = []
             for n in args.idle_counts:

@@ -4,14 +4,18 @@ dialect under migrations/, applied by the web process when it starts (or by
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aerich import Command
-from tortoise import Tortoise
+from tortoise import Tortoise, connections
 from tortoise.backends.base.config_generator import expand_db_url
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 POSTGRES_POOL_SIZE = 20
+MIGRATION_LOCK = 0x63686174  # a PostgreSQL advisory lock key of ours ("chat")
 
 
 def dialect(database_url: str) -> str:
@@ -54,9 +58,35 @@ async def open_db(database_url: str, *, migrate: bool = False) -> None:
     config = tortoise_config(database_url)
     await Tortoise.init(config=config)  # first: aerich reuses an initialised Tortoise as it is
     if migrate:
-        command = Command(tortoise_config=config, app="models", location=str(migrations_for(database_url)))
-        await command.init()
-        await command.upgrade(run_in_transaction=True)
+        async with _migrating_alone(database_url):
+            command = Command(tortoise_config=config, app="models", location=str(migrations_for(database_url)))
+            await command.init()
+            await command.upgrade(run_in_transaction=True)
+
+
+@contextlib.asynccontextmanager
+async def _migrating_alone(database_url: str) -> AsyncIterator[None]:
+    """One process at a time: web processes that start together (``hypercorn --workers
+    N``, several machines) would otherwise all apply the same migration to a new
+    database, and all but one would fail on tables the first had just created."""
+    if dialect(database_url) == "postgres":
+        async with connections.get("postgres").acquire_connection() as connection:
+            await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+            try:
+                yield
+            finally:
+                await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+        return
+    path = database_url.removeprefix("sqlite://").partition("?")[0]
+    if ":memory:" in path:
+        yield
+        return
+    with open(f"{path}.migrate-lock", "a") as lock:
+        await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 async def close_db() -> None:

@@ -139,12 +139,14 @@ class Stack:
 
 @contextlib.contextmanager
 def start_stack(
-    mode: str, extra_env: dict[str, str] | None = None, *, workers: int = 2, redis_url: str | None = None, database_url: str | None = None
+    mode: str, extra_env: dict[str, str] | None = None, *, workers: int = 2, redis_url: str | None = None, database_url: str | None = None,
+    web_processes: int = 1,
 ) -> Iterator[Stack]:
     """Start the app as the README tells operators: ``hypercorn --worker-class uvloop --backlog 2048 app:app``
     and ``arq tasks.WorkerSettings``.
 
-    ``mode`` is "memory" (embedded, no REDIS_URL) or "redis" (needs ``redis_url``)."""
+    ``mode`` is "memory" (embedded, no REDIS_URL) or "redis" (needs ``redis_url``, as does
+    more than one web process)."""
     data = Path(tempfile.mkdtemp(prefix="chat-test-"))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
@@ -157,7 +159,8 @@ def start_stack(
     env |= extra_env or {}
     log = open(data / "web.log", "ab")
     web = subprocess.Popen(
-        [str(BIN / "hypercorn"), "--worker-class", "uvloop", "--backlog", "2048", "app:app", "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "2"],
+        [str(BIN / "hypercorn"), "--worker-class", "uvloop", "--backlog", "2048", "--workers", str(web_processes), "app:app",
+         "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "2"],
         cwd=ROOT,
         env=env,
         stdout=log,

@@ -5,24 +5,29 @@ production gets: the aerich migrations, applied by the documented command
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from aerich.models import Aerich
 from tortoise.exceptions import IntegrityError
 
 from models import COMPLETED, RUNNING, STOPPED, Log, Message, Workflow, chat_items, round_item_id
-from models.db import close_db, open_db
+from models.db import close_db, migrations_for, open_db
 from tests.servers import postgres_database
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def database_url(request, tmp_path_factory):
-    if request.param == "sqlite":
-        yield migrated(f"sqlite://{tmp_path_factory.mktemp('models') / 'chat.sqlite3'}")
+@contextlib.contextmanager
+def new_database(kind: str, directory: Path) -> Iterator[str]:
+    """An empty database: an SQLite file in ``directory`` or a fresh PostgreSQL database."""
+    if kind == "sqlite":
+        yield f"sqlite://{directory / 'chat.sqlite3'}"
         return
     admin = os.environ.get("TEST_POSTGRES_URL")
     if not admin:
@@ -30,13 +35,44 @@ def database_url(request, tmp_path_factory):
             pytest.fail("CI is set but TEST_POSTGRES_URL is not: the PostgreSQL model tests must run in CI")
         pytest.skip("TEST_POSTGRES_URL is not set")
     with postgres_database(admin) as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def database_url(request, tmp_path_factory):
+    with new_database(request.param, tmp_path_factory.mktemp("models")) as url:
         yield migrated(url)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_database_url(request, tmp_path):
+    with new_database(request.param, tmp_path) as url:
+        yield url
 
 
 def migrated(database_url: str) -> str:
     for _ in range(2):  # the second run must find nothing to do
         subprocess.run([sys.executable, "-m", "models.db"], env={**os.environ, "DATABASE_URL": database_url}, check=True)
     return database_url
+
+
+def test_processes_starting_together_on_a_new_database_migrate_it_once(empty_database_url):
+    """As web processes do when they start together (hypercorn --workers N): without a
+    lock, all but one failed on tables the first had just created, and Hypercorn stopped."""
+    env = {**os.environ, "DATABASE_URL": empty_database_url}
+    runs = [subprocess.Popen([sys.executable, "-m", "models.db"], env=env, stderr=subprocess.PIPE) for _ in range(6)]
+    errors = [err.decode()[-300:] for err in (run.communicate(timeout=120)[1] for run in runs) if err]
+    assert [run.returncode for run in runs] == [0] * 6, errors
+
+    async def applied() -> list[str]:
+        await open_db(empty_database_url)
+        try:
+            return [row.version for row in await Aerich.all()]
+        finally:
+            await close_db()
+
+    versions = asyncio.run(applied())
+    assert sorted(versions) == sorted(path.name for path in migrations_for(empty_database_url).glob("models/*.py"))
 
 
 @pytest.fixture
