@@ -115,10 +115,10 @@ async def stream_workflow(
         # Shielded: a client that leaves while we read must not cut a database query in
         # half and leave its pooled connection mid-reply (Redis commands are safe to leave).
         initial, follow_from = await asyncio.shield(stream.open(last_event_id))
-        chunk, done = stream.render(initial, live=False)
-        del initial  # an idle stream lives long: keep no snapshot around
-        if chunk:
-            yield chunk
+        snapshot, done = stream.render(initial, live=False)
+        if snapshot:
+            yield snapshot
+        del initial, snapshot  # an idle stream lives long: keep no snapshot around, as events or text
         if done:
             return
         keepalive, loop = runtime.settings.keepalive_seconds, asyncio.get_running_loop()
