@@ -58,13 +58,18 @@ class Runtime:
         return cls(settings, feed, control, make_provider(settings) if runs_jobs else None, redis)
 
     async def enqueue_round(self, workflow_id: str, round_number: int) -> None:
-        await self.control.expect(workflow_id, round_number)
         if self.redis is not None:
             job_id, now = f"chat:{workflow_id}:{round_number}", timestamp_ms()
             job = serialize_job(CHAT_JOB, (workflow_id, round_number), {}, None, now)
             keys = (job_key_prefix + job_id, result_key_prefix + job_id, self.settings.queue_name)
-            await self.redis.execute("EVAL", ENQUEUE_SCRIPT, len(keys), *keys, expires_extra_ms, job, now, job_id)
+            # The lease before the job, in one write: Redis runs a connection's commands in
+            # the order gather's tasks send them.
+            await asyncio.gather(
+                self.control.expect(workflow_id, round_number),
+                self.redis.execute("EVAL", ENQUEUE_SCRIPT, len(keys), *keys, expires_extra_ms, job, now, job_id),
+            )
             return
+        await self.control.expect(workflow_id, round_number)
         from tasks.chatbot import run_chatbot  # the job sits above the runtime it runs in
 
         task = asyncio.create_task(_in_process(run_chatbot, {"runtime": self, "job_try": 1}, workflow_id, round_number))

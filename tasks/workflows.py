@@ -60,8 +60,11 @@ async def start_round(runtime: Runtime, owner_id: str, prompt: str, workflow_id:
         content=prompt,
         round_number=workflow.round_number,
     )
-    await publish_item(runtime, "message", message.to_item(), workflow.id)
-    await runtime.enqueue_round(workflow.id, workflow.round_number)
+    # Emitted and enqueued in one trip to Redis: gather starts its tasks in order, so the
+    # message goes first, before anything the job emits.
+    await asyncio.gather(
+        publish_item(runtime, "message", message.to_item(), workflow.id), runtime.enqueue_round(workflow.id, workflow.round_number)
+    )
     ROUNDS_STARTED.inc()
     return workflow, message
 
