@@ -58,7 +58,7 @@ async def start(data: StartChat):
 @validate_request(StartChat)
 async def start_and_stream(data: StartChat):
     workflow, _ = await start_round(runtime(), user_id(), data.prompt, data.workflowId)
-    return await sse_response(stream_workflow(runtime(), workflow, None, None))
+    return await sse_response(await stream_workflow(runtime(), user_id(), workflow.id, None, None))
 
 
 @bp.post("/<workflow_id>/stop")

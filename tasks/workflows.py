@@ -108,25 +108,31 @@ def _title(prompt: str) -> str:
 
 
 async def stream_workflow(
-    runtime: Runtime, workflow: Workflow, last_event_id: str | None, categories: Iterable[str] | None
+    runtime: Runtime, owner_id: str, workflow_id: str, last_event_id: str | None, categories: Iterable[str] | None
 ) -> AsyncIterator[str]:
     """The workflow's events as SSE text: what the client has not seen, then live events,
-    until the end of the round that was running when it opened (see API.md, "Stream")."""
-    stream = _Stream(runtime, workflow.id, category_set(categories))
+    until the end of the round that was running when it opened (see API.md, "Stream").
+    Opened before the response starts: WorkflowNotFound unless it is this user's."""
+    stream = _Stream(runtime, workflow_id, category_set(categories))
+    # Shielded: a client that leaves while we read must not cut a database query in half
+    # and leave its pooled connection mid-reply (Redis commands are safe to leave).
+    initial, follow_from = await asyncio.shield(stream.open(owner_id, last_event_id))
+    return _send(stream, initial, follow_from)
+
+
+async def _send(stream: _Stream, initial: list[Event], follow_from: str) -> AsyncIterator[str]:
     OPEN_STREAMS.inc()
     try:
-        # Shielded: a client that leaves while we read must not cut a database query in
-        # half and leave its pooled connection mid-reply (Redis commands are safe to leave).
-        initial, follow_from = await asyncio.shield(stream.open(last_event_id))
         snapshot, done = stream.render(initial, live=False)
         if snapshot:
             yield snapshot
         del initial, snapshot  # an idle stream lives long: keep no snapshot around, as events or text
         if done:
             return
+        runtime = stream.runtime
         keepalive, loop = runtime.settings.keepalive_seconds, asyncio.get_running_loop()
         last_write = loop.time()
-        async for batch in runtime.feed.subscribe(workflow.id, follow_from, idle_timeout=keepalive):
+        async for batch in runtime.feed.subscribe(stream.workflow_id, follow_from, idle_timeout=keepalive):
             chunk, done = stream.render(batch)
             if not chunk and loop.time() - last_write >= keepalive:  # idle, or all filtered out
                 chunk = KEEPALIVE
@@ -147,13 +153,15 @@ async def stream_workflow(
 class _Stream:
     """Where one SSE client starts, what it must not get twice, and when it ends."""
 
+    __slots__ = ("runtime", "workflow_id", "categories", "closing_round", "running_round", "sent_ids")  # one per open stream
+
     def __init__(self, runtime: Runtime, workflow_id: str, categories: frozenset[str] | None) -> None:
         self.runtime, self.workflow_id, self.categories = runtime, workflow_id, categories
         self.closing_round = 0  # the first end event of this round or later closes the stream
         self.running_round = 0  # a round seen running, whose job we watch for death
-        self.sent_ids: set[str] = set()  # snapshot items that may still arrive live
+        self.sent_ids: tuple[str, ...] = ()  # snapshot items that may still arrive live (a few)
 
-    async def open(self, last_event_id: str | None) -> tuple[list[Event], str]:
+    async def open(self, owner_id: str, last_event_id: str | None) -> tuple[list[Event], str]:
         """The events to send first and the cursor to follow the feed from."""
         position = _position(last_event_id)
         if position is not None and position[0] > 0:
@@ -162,16 +170,17 @@ class _Stream:
             except FeedGap:
                 position = None
             else:
-                workflow = await Workflow.get(id=self.workflow_id)
+                workflow = await owned_workflow(owner_id, self.workflow_id)
                 self.running_round = workflow.round_number if workflow.status == RUNNING else 0
                 return events, events[-1].cursor if events else last_event_id
-        return await self._snapshot(skip=position[1] if position else 0)
+        return await self._snapshot(owner_id, skip=position[1] if position else 0)
 
-    async def _snapshot(self, skip: int) -> tuple[list[Event], str]:
+    async def _snapshot(self, owner_id: str, skip: int) -> tuple[list[Event], str]:
         # Order matters: feed, then status, then database. Whatever was stored and emitted
         # by then is in one of them; what is stored but not yet emitted is deduplicated.
+        # (The feed is read before the ownership check: a stranger's read is thrown away.)
         retained = await self.runtime.feed.read(self.workflow_id)
-        workflow = await Workflow.get(id=self.workflow_id)
+        workflow = await owned_workflow(owner_id, self.workflow_id)
         rows = await chat_items(self.workflow_id)
         current = workflow.round_number
         if workflow.status == RUNNING:
@@ -181,7 +190,7 @@ class _Stream:
         else:
             self.closing_round = current + 1
             live_part, stored = [], rows
-            self.sent_ids = {item["id"] for _, item, row in rows if row.round_number >= current}
+            self.sent_ids = tuple(item["id"] for _, item, row in rows if row.round_number >= current)
         synthetic = [
             Event(f"0-{i}", "chatdata", chatdata_category(kind), encode(chatdata(kind, item, item["createdAt"])))
             for i, (kind, item, _) in enumerate(stored, start=1)

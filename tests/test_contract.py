@@ -212,17 +212,21 @@ async def test_list_is_this_users_workflows_most_recent_first(client, server):
 
 
 async def test_another_users_workflow_is_404_like_a_missing_one(client, server):
-    started, _ = await run_round(client)
-    wf = started["workflowId"]
+    started, events = await run_round(client)
+    wf, cursor = started["workflowId"], events[2].id  # a live cursor: the resume path
     async with server.client() as stranger:
-        for method, path, body in [
-            ("GET", f"/api/chatbot/{wf}", None),
-            ("GET", f"/api/chatbot/{wf}/stream", None),
-            ("POST", f"/api/chatbot/{wf}/stop", None),
-            ("POST", "/api/chatbot/start", {"prompt": "hijack", "workflowId": wf}),
+        for method, path, body, headers in [
+            ("GET", f"/api/chatbot/{wf}", None, None),
+            ("GET", f"/api/chatbot/{wf}/stream", None, None),
+            ("GET", f"/api/chatbot/{wf}/stream", None, {"Last-Event-ID": cursor}),
+            ("GET", f"/api/chatbot/{wf}/stream?lastEventId={cursor}", None, None),
+            ("POST", f"/api/chatbot/{wf}/stop", None, None),
+            ("POST", "/api/chatbot/start", {"prompt": "hijack", "workflowId": wf}, None),
         ]:
-            theirs = await stranger.request(method, path, json=body)
-            missing = await stranger.request(method, path.replace(wf, "no-such-workflow"), json=body and {**body, "workflowId": "no-such-workflow"})
+            theirs = await stranger.request(method, path, json=body, headers=headers)
+            missing = await stranger.request(
+                method, path.replace(wf, "no-such-workflow"), json=body and {**body, "workflowId": "no-such-workflow"}, headers=headers
+            )
             assert theirs.status_code == missing.status_code == 404
             assert theirs.json() == missing.json() and theirs.json()["error"]["code"] == "not_found"
     items = (await client.get(f"/api/chatbot/{wf}")).json()["items"]
