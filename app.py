@@ -12,7 +12,7 @@ from quart import Quart, request, session
 from quart_schema import QuartSchema, RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
 
-from blueprints import api_error, chat, health, page, stream
+from blueprints import api_error, chat, health, page, send_streams_after_quart, stream
 from config import Settings
 from models.db import close_db, open_db
 from tasks.runtime import Runtime
@@ -36,6 +36,7 @@ def create_app(test_config: dict | None = None) -> Quart:
     QuartSchema(app, info={"title": "Chat streaming API", "version": "1.0"})
     for blueprint in (chat.bp, stream.bp, health.bp, page.bp):
         app.register_blueprint(blueprint)
+    app.asgi_app = send_streams_after_quart(app.asgi_app)
     _lifespan(app, settings)
     _identity(app)
     _errors(app)

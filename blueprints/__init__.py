@@ -1,12 +1,15 @@
 """HTTP handlers: thin, one blueprint per resource; the work happens in tasks/."""
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
-from quart import current_app, make_response, session
+from quart import current_app, make_response, request, session
 from quart.wrappers import Response
 
 from tasks.runtime import Runtime
+
+_EVENTS = "chat.sse_events"  # scope key: the body an SSE response leaves to send_streams_after_quart
 
 
 def runtime() -> Runtime:
@@ -22,10 +25,85 @@ def api_error(status: int, code: str, message: str) -> tuple[dict, int]:
 
 
 async def sse_response(events: AsyncIterator[str]) -> Response:
-    response = await make_response(
-        events,
-        200,
-        {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    """A Server-Sent Events response. Quart sends its headers; under
+    ``send_streams_after_quart`` (``create_app`` installs it) ``events`` are sent after
+    Quart is done with the request, elsewhere Quart sends them itself."""
+    headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if _EVENTS in request.scope:
+        request.scope[_EVENTS] = events
+        return await make_response(_no_body(), 200, headers)  # streamed: no Content-Length, events follow
+    response = await make_response(events, 200, headers)
     response.timeout = None  # Quart cuts responses at 60 s by default; streams are long-lived
     return response
+
+
+async def _no_body() -> AsyncIterator[str]:
+    """A streamed body with nothing in it."""
+    return
+    yield
+
+
+def send_streams_after_quart(asgi_app):
+    """ASGI middleware (``app.asgi_app = send_streams_after_quart(app.asgi_app)``) that
+    sends an SSE response's events after Quart has finished the request. Quart keeps
+    a request's objects (its request and body, context, two tasks, the response) for as
+    long as the response is sent, ≈ 9 KB an idle stream; here a stream holds one task
+    that watches for the client leaving. The handler's work (session, ownership, errors,
+    headers) is done by Quart as for any request."""
+
+    async def app(scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await asgi_app(scope, receive, send)
+        status, end, left = 0, None, False
+        scope[_EVENTS] = None  # sse_response may leave its events here
+
+        async def receive_noting_disconnect():
+            nonlocal left
+            message = await receive()
+            left = left or message["type"] == "http.disconnect"  # the server says so once
+            return message
+
+        async def send_or_hold(message) -> None:
+            nonlocal status, end
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body") and status == 200 and scope[_EVENTS]:
+                end = message  # the end of the response waits for the events
+                return
+            await send(message)
+
+        await asgi_app(scope, receive_noting_disconnect, send_or_hold)
+        if (events := scope.pop(_EVENTS)) is None:
+            return
+        if end is None or left:  # an error was sent instead, or the client left first
+            await events.aclose()
+        elif await _send_events(events, receive, send):
+            await send(end)
+
+    return app
+
+
+async def _send_events(events: AsyncIterator[str], receive, send) -> bool:
+    """Each chunk as it comes, until the events end (True) or the client leaves (False)."""
+    streaming, left = asyncio.current_task(), False
+
+    async def watch() -> None:
+        nonlocal left
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        left = True
+        streaming.cancel()  # the events are awaited somewhere in the feed: stop there
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        async for chunk in events:
+            await send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
+        return True
+    except asyncio.CancelledError:
+        if not left:
+            raise
+        streaming.uncancel()
+        return False
+    finally:
+        watcher.cancel()
+        await events.aclose()
