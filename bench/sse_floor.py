@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing as mp
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 from quart import Quart, make_response
 
@@ -25,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make tests.servers importable
     sys.path.insert(0, str(ROOT))
 
-from bench.run import raise_fd_limit  # noqa: E402
+from bench.run import RawStream, raise_fd_limit  # noqa: E402
 from tests.servers import BIN, free_port, wait_until  # noqa: E402
 
 KEEPALIVE_SECONDS = 2.0
@@ -63,25 +65,23 @@ async def stream():
 def hold_streams(port: int, n: int, opened: mp.Queue, release) -> None:
     """A client process: open ``n`` streams (16 at a time), report, hold until released."""
 
-    async def one(gate: asyncio.Semaphore) -> asyncio.StreamWriter:
-        async with gate:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(f"GET /stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n".encode())
-            await reader.readuntil(b": keepalive\n")  # headers and the first comment
-            return writer
+    async def one(gate: asyncio.Semaphore, streams: contextlib.AsyncExitStack) -> None:
+        async with gate:  # the same request as the app's idle streams get (bench/run.py)
+            stream = await streams.enter_async_context(RawStream(f"http://127.0.0.1:{port}", "/stream", httpx.Cookies()))
+            async for _ in stream.chunks():  # the first comment
+                break
 
     async def main() -> None:
         gate = asyncio.Semaphore(16)
-        try:
-            writers = await asyncio.gather(*(one(gate) for _ in range(n)))
-        except OSError as error:  # e.g. out of file descriptors: say so instead of hanging
-            opened.put(f"{type(error).__name__}: {error}")
-            return
-        opened.put(len(writers))
-        while not release.is_set():
-            await asyncio.sleep(0.2)
-        for writer in writers:
-            writer.close()
+        async with contextlib.AsyncExitStack() as streams:
+            try:
+                await asyncio.gather(*(one(gate, streams) for _ in range(n)))
+            except OSError as error:  # e.g. out of file descriptors: say so instead of hanging
+                opened.put(f"{type(error).__name__}: {error}")
+                return
+            opened.put(n)
+            while not release.is_set():
+                await asyncio.sleep(0.2)
 
     asyncio.run(main())
 
