@@ -10,8 +10,9 @@ two ``arq`` workers) so that RSS, CPU and connection figures belong to that run 
 * idle:  N idle SSE streams held for a few keepalive periods; web RSS per stream,
   keepalive gaps, Redis connections.
 
-Clients run in separate processes (multiprocessing, spawn), each with its own asyncio
-loop and httpx clients, so the client side is not one Python thread. Everything talks to
+Clients run in separate processes (multiprocessing, spawn), each with its own uvloop
+loop and httpx clients, so the client side is not one Python thread, and takes as little
+of the two cores the servers share with it as it can. Everything talks to
 127.0.0.1; every loop is bounded in count and time. Figures are printed, never asserted.
 
     .venv/bin/python bench/run.py --quick
@@ -42,6 +43,7 @@ if str(ROOT) not in sys.path:  # run as a script: make tests.servers importable
     sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+import uvloop  # noqa: E402
 
 try:
     import psutil  # noqa: E402
@@ -166,7 +168,8 @@ async def open_session(client: httpx.AsyncClient) -> None:
 
 
 def empty_round(workflow_id: str | None, broken: str = "") -> dict:
-    return {"ok": False, "broken": broken, "late": False, "latencies": [], "catch_up": [], "first_delta": None, "deltas": 0,
+    return {"ok": False, "broken": broken, "late": False, "latencies": [], "catch_up": [], "to_feed": [], "from_feed": [],
+            "first_delta": None, "deltas": 0,
             "delta_span": None, "events": 0, "workflowId": workflow_id, "post_ms": None, "open_ms": None}
 
 
@@ -216,6 +219,8 @@ class Reply:
         self.established: float | None = None  # first byte of the stream: the server has our snapshot
         self.latencies: list[float] = []  # live events: created after the stream was established
         self.catch_up: list[float] = []  # created after we asked for the stream, before it was established
+        self.to_feed: list[float] = []  # live events: createdAt -> the time in their cursor
+        self.from_feed: list[float] = []  # live events: the time in their cursor -> receipt
         self.first_delta: float | None = None
         self.first_created = self.last_received = 0.0
         self.trace: list[tuple] = []  # (kind, cursor, data): described only if the round breaks
@@ -237,7 +242,15 @@ class Reply:
         # delivery; those created while the server was still opening it wait for that.
         if not stored and event["createdAt"] >= self.opened:
             latency = (received - event["createdAt"]) * 1000
-            (self.latencies if event["createdAt"] >= self.established else self.catch_up).append(latency)
+            if event["createdAt"] >= self.established:
+                self.latencies.append(latency)
+                # The cursor is the time the feed took the event (Redis: its stream id), in
+                # whole ms: latency = the job's side (to the feed) + the web's (from it).
+                fed = int(cursor.partition("-")[0]) / 1000
+                self.to_feed.append((fed - event["createdAt"]) * 1000)
+                self.from_feed.append((received - fed) * 1000)
+            else:
+                self.catch_up.append(latency)
         item = event["item"]
         if event["type"] == "delta":
             self._delta(item, event["createdAt"], received)
@@ -270,6 +283,7 @@ class Reply:
             # delivery and a slowed generator both lower the rate, batching does not raise it.
             span = (self.first_created, self.last_received)
         return {"ok": not broken, "broken": broken, "late": self.late, "latencies": self.latencies, "catch_up": self.catch_up,
+                "to_feed": self.to_feed, "from_feed": self.from_feed,
                 "first_delta": self.first_delta, "deltas": len(self.texts), "delta_span": span,
                 "events": len(self.trace)}
 
@@ -296,11 +310,13 @@ def describe(kind: str, cursor: str | None, data: str) -> str:
 
 
 def run_client_process(target, job: dict, results: mp.Queue, go, release) -> None:
-    """Entry point of a client process: its own fd limit and its own event loop."""
+    """Entry point of a client process: its own fd limit and its own event loop (uvloop:
+    the clients' CPU is taken from the servers on the shared machine; asyncio's own loop
+    cost them ≈ 40 % more)."""
     raise_fd_limit()
     started = time.process_time()
     try:
-        outcome = asyncio.run(target(job, results, go, release))
+        outcome = uvloop.run(target(job, results, go, release))
     except Exception as exc:  # report instead of dying silently: the parent waits for us
         outcome = {"error": f"{type(exc).__name__}: {exc}"}
     outcome["client_cpu"] = time.process_time() - started
@@ -479,6 +495,9 @@ class Server:
     def cpu_seconds(self) -> dict[str, float]:
         return {name: sum(p.cpu_times()[:2]) for name, p in self.processes().items()}
 
+    def waited_seconds(self) -> dict[str, float]:
+        return {name: run_queue_seconds(p.pid) for name, p in self.processes().items()}
+
     def web_redis_connections(self) -> int | None:
         """Redis connections held by a web process (CLIENT LIST entries whose client port
         is one of its TCP connections): the most any one web process holds."""
@@ -618,7 +637,7 @@ def run_chats(server: Server, n: int, args) -> dict:
         sample = sampler(lambda: connections.append(server.web_redis_connections()), 1.0)
         background = wait_for_quiet(args.quiet_wait)
         cpu_before, machine_before, wall = server.cpu_seconds(), busy_seconds(), time.monotonic()
-        steal_before = steal_seconds()
+        steal_before, waited_before = steal_seconds(), server.waited_seconds()
         parent_before = sum(psutil.Process().cpu_times()[:2])
         clients.go.set()
         if args.py_spy:
@@ -628,6 +647,7 @@ def run_chats(server: Server, n: int, args) -> dict:
         wall = time.monotonic() - wall
         cpu_after, machine = server.cpu_seconds(), busy_seconds() - machine_before
         steal = steal_seconds() - steal_before
+        waited = {name: seconds - waited_before.get(name, math.nan) for name, seconds in server.waited_seconds().items()}
         parent = sum(psutil.Process().cpu_times()[:2]) - parent_before
     finally:
         clients.stop()
@@ -636,13 +656,23 @@ def run_chats(server: Server, n: int, args) -> dict:
     for name, proc in profiles.items():
         print_profile(name, proc.args[proc.args.index("--output") + 1])
     return summarize_chats(n, args, outcomes, procs_n, cpu_before, cpu_after, wall, machine - parent, background, connections,
-                           server.log_problems()) | {"steal": steal}
+                           server.log_problems()) | {"steal": steal, "waited": waited}
 
 
 def busy_seconds() -> float:
     """CPU seconds the whole machine has been busy (all cores)."""
     t = psutil.cpu_times()
     return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
+
+
+def run_queue_seconds(pid: int) -> float:
+    """Seconds a process's main thread has been ready to run but waiting for a CPU (Linux
+    schedstat; NaN elsewhere): where the machine, not the process, made it late."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as stats:
+            return int(stats.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return math.nan
 
 
 def steal_seconds() -> float:
@@ -680,6 +710,8 @@ def summarize_chats(n, args, outcomes, procs_n, cpu_before, cpu_after, wall, mac
     client_errors = [o["error"] for o in outcomes.values() if "error" in o]
     latencies = [x for r in rounds for x in r["latencies"]]
     catch_up = [x for r in rounds for x in r["catch_up"]]
+    to_feed = [x for r in rounds for x in r["to_feed"]]
+    from_feed = [x for r in rounds for x in r["from_feed"]]
     first = [r["first_delta"] for r in rounds if r["first_delta"] is not None]
     spans = [r["delta_span"] for r in rounds if r["delta_span"]]
     posts = [r["post_ms"] for r in rounds if r["post_ms"] is not None]
@@ -695,6 +727,8 @@ def summarize_chats(n, args, outcomes, procs_n, cpu_before, cpu_after, wall, mac
         "chats": n, "rounds": len(rounds), "expected_rounds": n * args.rounds,
         "lat_p50": percentile(latencies, 50), "lat_p99": percentile(latencies, 99), "lat_max": percentile(latencies, 100),
         "catch_up_n": len(catch_up), "catch_up_p99": percentile(catch_up, 99),
+        "to_feed_p50": percentile(to_feed, 50), "to_feed_p99": percentile(to_feed, 99),
+        "from_feed_p50": percentile(from_feed, 50), "from_feed_p99": percentile(from_feed, 99),
         "first_p50": percentile(first, 50), "first_p99": percentile(first, 99),
         "post_p50": percentile(posts, 50), "post_p99": percentile(posts, 99),
         "open_p50": percentile(opens, 50), "open_p99": percentile(opens, 99),
@@ -883,12 +917,15 @@ def print_chats(mode: str, rows: list[dict]) -> None:
         extra = [f"POST start p50/p99 {fmt(r['post_p50'])}/{fmt(r['post_p99'])} ms",
                  f"stream headers p50/p99 {fmt(r['open_p50'])}/{fmt(r['open_p99'])} ms",
                  f"wall-clock aggregate {fmt(r['aggregate_rate'], 0)} deltas/s", f"delivery max {fmt(r['lat_max'])} ms",
+                 f"delivery = job to feed p50/p99 {fmt(r['to_feed_p50'])}/{fmt(r['to_feed_p99'])} ms + feed to client"
+                 f" {fmt(r['from_feed_p50'])}/{fmt(r['from_feed_p99'])} ms (the feed's time is the cursor's, in whole ms)",
                  f"{fmt(r['catch_up_n'])} events created while their stream was opening, p99 {fmt(r['catch_up_p99'])} ms",
                  f"{fmt(r['events'])} events", f"machine CPU busy {fmt(100 * r['machine_busy'], 0)} %",
                  f"client CPU {fmt(r['client_cpu'])} s in {r['procs']} procs over {fmt(r['wall'])} s",
                  f"other processes' CPU {fmt(r['other_cpu'])} s (machine {fmt(100 * r['background'], 0)} % busy before)",
                  f"stolen by the hypervisor {fmt(r['steal'])} s of {fmt(r['wall'] * psutil.cpu_count())} CPU s",
-                 "server CPU s " + ", ".join(f"{k} {v:.2f}" for k, v in r["cpu"].items())]
+                 "server CPU s " + ", ".join(f"{k} {v:.2f}" for k, v in r["cpu"].items()),
+                 "ready but waiting for a CPU s " + ", ".join(f"{k} {fmt(v)}" for k, v in r["waited"].items())]
         if r["broken_why"]:
             extra.append(f"broken: {r['broken_why']}")
             extra += [f"\n    e.g. {t}" for t in r["broken_samples"]]

@@ -767,8 +767,11 @@ async def test_phone_layout_collapses_the_list(browser, server, watch):
 SHOT_PROMPT = "How does the page survive a dropped connection? Keep it **short**."
 
 
-async def test_screenshots_light_and_dark(browser, model_server, fake_model, watch):
-    """A finished conversation, saved to docs/screenshots/ for the README."""
+async def test_screenshots_light_and_dark(browser, model_server, fake_model, watch, tmp_path):
+    """A finished conversation in both colour schemes. With UPDATE_SCREENSHOTS=1 they
+    replace the README's images in docs/screenshots/; otherwise a test run leaves the
+    checkout as it was."""
+    shots = SCREENSHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path
     fake_model.default = Reply(pieces=pieces(MODEL_MARKDOWN.split("<img")[0].rstrip()), interval=0.002)
     context = await new_context(browser, model_server, watch)
     try:
@@ -789,7 +792,7 @@ async def test_screenshots_light_and_dark(browser, model_server, fake_model, wat
     finally:
         state = await context.storage_state()
         await context.close()
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shots.mkdir(parents=True, exist_ok=True)
     for scheme in ("light", "dark"):
         ctx = await new_context(browser, model_server, watch, color_scheme=scheme, storage_state=state, viewport={"width": 1280, "height": 860})
         try:
@@ -797,8 +800,8 @@ async def test_screenshots_light_and_dark(browser, model_server, fake_model, wat
             await wait_reply_done(page, 2)
             await page.locator("#prompt").blur()
             await page.wait_for_timeout(200)
-            await page.screenshot(path=str(SCREENSHOTS / f"{scheme}.png"), animations="disabled", caret="hide")
+            await page.screenshot(path=str(shots / f"{scheme}.png"), animations="disabled", caret="hide")
         finally:
             await ctx.close()
-    assert (SCREENSHOTS / "light.png").stat().st_size > 10_000
-    assert (SCREENSHOTS / "dark.png").stat().st_size > 10_000
+    assert (shots / "light.png").stat().st_size > 10_000
+    assert (shots / "dark.png").stat().st_size > 10_000
