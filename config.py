@@ -55,9 +55,17 @@ class Settings:
         settings = cls(**{**values, **overrides})
         if not settings.secret_key:
             settings = replace(settings, secret_key=_secret_key())
-        if settings.database_url.startswith("sqlite://") and ":memory:" not in settings.database_url:
-            Path(settings.database_url.removeprefix("sqlite://")).parent.mkdir(parents=True, exist_ok=True)
+        if (path := sqlite_path(settings.database_url)) is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         return settings
+
+
+def sqlite_path(database_url: str) -> Path | None:
+    """The file of a SQLite database URL; None for an in-memory one or another database."""
+    if not database_url.startswith("sqlite://"):
+        return None
+    path = database_url.removeprefix("sqlite://").partition("?")[0]
+    return None if ":memory:" in path else Path(path)
 
 
 def _coerce(cls, name: str, value: str):

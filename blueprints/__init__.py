@@ -54,7 +54,7 @@ def send_streams_after_quart(asgi_app):
     async def app(scope, receive, send) -> None:
         if scope["type"] != "http":
             return await asgi_app(scope, receive, send)
-        status, end, left = 0, None, False
+        streaming, end, left = False, None, False
         scope[_EVENTS] = None  # sse_response may leave its events here
 
         async def receive_noting_disconnect():
@@ -64,10 +64,10 @@ def send_streams_after_quart(asgi_app):
             return message
 
         async def send_or_hold(message) -> None:
-            nonlocal status, end
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body" and not message.get("more_body") and status == 200 and scope[_EVENTS]:
+            nonlocal streaming, end
+            if message["type"] == "http.response.start":  # the handler may have answered otherwise after all
+                streaming = message["status"] == 200 and _is_event_stream(message["headers"])
+            elif message["type"] == "http.response.body" and not message.get("more_body") and streaming and scope[_EVENTS]:
                 end = message  # the end of the response waits for the events
                 return
             await send(message)
@@ -81,6 +81,10 @@ def send_streams_after_quart(asgi_app):
             await send(end)
 
     return app
+
+
+def _is_event_stream(headers) -> bool:
+    return any(name.lower() == b"content-type" and value.startswith(b"text/event-stream") for name, value in headers)
 
 
 async def _send_events(events: AsyncIterator[str], receive, send) -> bool:

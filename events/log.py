@@ -48,7 +48,7 @@ class ContextLog:
 
     def after(self, cursor: str) -> list[Event]:
         position = parse_cursor(cursor)
-        if position < self.floor and not (self.holds_origin and position == (0, 0)):
+        if (not self.holds_origin) if position == (0, 0) else position < self.floor:
             raise FeedGap(cursor)
         start = bisect_right(self.positions, position)
         return self.events[start : start + MAX_BATCH]

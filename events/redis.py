@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterable
 from redis.asyncio import ConnectionPool
 from redis.exceptions import ConnectionError, TimeoutError
 
-from events import ORIGIN, Event, EventFeed, FeedGap, category_set, encode, parse_cursor, wanted
+from events import ORIGIN, Event, EventFeed, FeedGap, category_set, encode, parse_cursor
 from events.log import ContextLog, follow
 from events.shared_redis import SharedRedis, bulk
 
@@ -84,9 +84,8 @@ class RedisFeed(EventFeed):
         key = self.prefix + context_id
         oldest = self.redis.send("XRANGE", key, "-", "+", "COUNT", 1)
         entries = await self.redis.send("XRANGE", key, f"({after}", "+", "COUNT", READ_COUNT)
-        first = await oldest  # answered before the second: Redis replies in order
-        if after != ORIGIN and (not first or parse_cursor(after) < parse_cursor(first[0][0])):
-            raise FeedGap(after)  # the events right after this cursor may be gone
+        if _gap(after, await oldest):  # answered before the second: Redis replies in order
+            raise FeedGap(after)
         events = [_event(*entry) for entry in entries]
         while len(entries) == READ_COUNT:
             entries = await self.redis.execute("XRANGE", key, f"({events[-1].cursor}", "+", "COUNT", READ_COUNT)
@@ -96,14 +95,13 @@ class RedisFeed(EventFeed):
     async def subscribe(
         self, context_id: str, after: str = ORIGIN, categories: Iterable[str] | None = None, idle_timeout: float | None = None
     ) -> AsyncIterator[list[Event]]:
-        categories = category_set(categories)
-        if caught_up := await self.read(context_id, after):  # checks the cursor
-            after = caught_up[-1].cursor
-            if selected := [e for e in caught_up if wanted(e, categories)]:
-                yield selected
-        context_log = await self._attach(context_id)
+        context_log, woken = self._attach(context_id, after)
         try:
-            async for batch in follow(context_log, after, categories, idle_timeout, lambda c: self.read(context_id, c)):
+            checked = self.redis.send("XRANGE", self.prefix + context_id, "-", "+", "COUNT", 1)  # the wake's trip
+            oldest = (await asyncio.gather(checked, woken))[0] if woken is not None else await checked
+            if _gap(after, oldest):
+                raise FeedGap(after)
+            async for batch in follow(context_log, after, category_set(categories), idle_timeout, lambda c: self.read(context_id, c)):
                 yield batch
         finally:
             context_log.readers -= 1
@@ -111,21 +109,22 @@ class RedisFeed(EventFeed):
                 del self.logs[context_id], self.read_from[context_id]
                 self._encoded.pop(context_id, None)
 
-    async def _attach(self, context_id: str) -> ContextLog:
+    def _attach(self, context_id: str, after: str) -> tuple[ContextLog, asyncio.Future | None]:
+        """The context's local log, and the reader's wake if the log is new: the reader's
+        XREAD then starts at this first subscriber's cursor, so nothing is read twice."""
+        woken = None
         if (context_log := self.logs.get(context_id)) is None:
-            tail = await self.redis.execute("XREVRANGE", self.prefix + context_id, "+", "-", "COUNT", 1)
-            start = tail[0][0] if tail else ORIGIN
-            if (context_log := self.logs.get(context_id)) is None:  # another subscriber may have won
-                context_log = self.logs[context_id] = ContextLog(self.max_events, floor=parse_cursor(start), holds_origin=False)
-                self.read_from[context_id] = start
-                await self._wake()
+            context_log = self.logs[context_id] = ContextLog(self.max_events, floor=parse_cursor(after), holds_origin=False)
+            self.read_from[context_id] = after
+            woken = self._wake()
         context_log.readers += 1
-        return context_log
+        return context_log, woken
 
-    async def _wake(self) -> None:
+    def _wake(self) -> asyncio.Future:
+        """Have the reader's XREAD, blocked in Redis, return and name every followed context."""
         if self._reader_task is None or self._reader_task.done():
             self._reader_task = asyncio.get_running_loop().create_task(self._read_forever())
-        await self.redis.execute("XADD", self.wake_key, "MAXLEN", 1, "*", "w", 1)
+        return self.redis.send("XADD", self.wake_key, "MAXLEN", 1, "*", "w", 1)
 
     async def _read_forever(self) -> None:
         wake_from, backoff = ORIGIN, 0.1  # the wake stream is ours alone and holds one entry
@@ -186,6 +185,11 @@ class RedisFeed(EventFeed):
 def _event(cursor: str, fields: list[str]) -> Event:
     values = dict(zip(fields[::2], fields[1::2]))
     return Event(cursor, values["t"], values["c"], values["d"])
+
+
+def _gap(after: str, oldest: list) -> bool:
+    """Whether the events right after ``after`` may be gone (``oldest``: the stream's first entry)."""
+    return after != ORIGIN and (not oldest or parse_cursor(after) < parse_cursor(oldest[0][0]))
 
 
 def _ignore(future: asyncio.Future) -> None:

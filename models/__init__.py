@@ -6,6 +6,7 @@ rows instead of writing them again.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -112,9 +113,32 @@ async def create_once(model: type[Model], **values) -> Model | None:
         return None
 
 
+HISTORY_PAGE = 50
+
+
+async def recent_messages(workflow_id: str, round_number: int, max_chars: int) -> list[dict]:
+    """The conversation up to a round, newest first, in pages until they hold ``max_chars``
+    (what a model is sent at most), so a long conversation costs what is used of it. Each
+    row carries its workflow's ``status`` and current ``round``: one query answers both."""
+    rows: list[dict] = []
+    while True:
+        page = await (
+            Message.filter(workflow_id=workflow_id, round_number__lte=round_number)
+            .order_by("-round_number", "-created_at")
+            .offset(len(rows))
+            .limit(HISTORY_PAGE)
+            .values("id", "role", "content", status="workflow__status", round="workflow__round_number")
+        )
+        rows += page
+        if len(page) < HISTORY_PAGE or sum(len(row["content"]) for row in rows) >= max_chars:
+            return rows
+
+
 async def chat_items(workflow_id: str) -> list[tuple[str, dict, Message | Log]]:
     """Every stored message and log of a workflow as ("message"|"log", item, row), oldest first."""
-    messages = await Message.filter(workflow_id=workflow_id).order_by("created_at", "id")
-    logs = await Log.filter(workflow_id=workflow_id).order_by("created_at", "id")
+    # Both at once (two pooled connections): each still comes after what the caller read first.
+    messages, logs = await asyncio.gather(
+        Message.filter(workflow_id=workflow_id).order_by("created_at", "id"), Log.filter(workflow_id=workflow_id).order_by("created_at", "id")
+    )
     rows = [("message", m.to_item(), m) for m in messages] + [("log", entry.to_item(), entry) for entry in logs]
     return sorted(rows, key=lambda row: (row[2].created_at, row[0] == "message", row[2].id))

@@ -13,6 +13,8 @@ from aerich import Command
 from tortoise import Tortoise, connections
 from tortoise.backends.base.config_generator import expand_db_url
 
+from config import Settings, sqlite_path
+
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 POSTGRES_POOL_SIZE = 20
 MIGRATION_LOCK = 0x63686174  # a PostgreSQL advisory lock key of ours ("chat")
@@ -77,8 +79,7 @@ async def _migrating_alone(database_url: str) -> AsyncIterator[None]:
             finally:
                 await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
         return
-    path = database_url.removeprefix("sqlite://").partition("?")[0]
-    if ":memory:" in path:
+    if (path := sqlite_path(database_url)) is None:
         yield
         return
     with open(f"{path}.migrate-lock", "a") as lock:
@@ -96,14 +97,11 @@ async def close_db() -> None:
 def __getattr__(name: str):
     # aerich's CLI reads TORTOISE_ORM from here; computed on use, so importing has no effects.
     if name == "TORTOISE_ORM":
-        from config import Settings
-
         return tortoise_config(Settings.from_env().database_url)
     raise AttributeError(name)
 
 
 if __name__ == "__main__":
-    from config import Settings
 
     async def _migrate() -> None:
         await open_db(Settings.from_env().database_url, migrate=True)

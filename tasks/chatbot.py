@@ -10,13 +10,19 @@ import logging
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
-from models import COMPLETED, FAILED, RUNNING, STOPPED, Log, Message, Workflow, create_once, round_item_id
+from models import COMPLETED, FAILED, RUNNING, STOPPED, Log, Message, create_once, recent_messages, round_item_id
 from tasks.providers import ChatTurn, ProviderError
 from tasks.runtime import Runtime, end_round, publish_item
 
 log = logging.getLogger(__name__)
 
 WORKER_LOST = ("worker_lost", "The worker generating this reply stopped before it finished. Please retry.")
+
+
+@dataclass(frozen=True)
+class ChatRound:
+    workflow_id: str
+    number: int
 
 
 @dataclass
@@ -32,12 +38,12 @@ class Reply:
 async def run_chatbot(ctx: dict, workflow_id: str, round_number: int) -> str:
     """Generate the assistant's reply for one round and end the round."""
     runtime: Runtime = ctx["runtime"]
-    workflow = await Workflow.get_or_none(id=workflow_id)
-    if workflow is None or workflow.round_number != round_number or workflow.status != RUNNING:
+    history = await recent_messages(workflow_id, round_number, runtime.settings.history_max_chars)
+    if not history or history[0]["round"] != round_number or history[0]["status"] != RUNNING:
         return "skipped: round is not running"
+    chat = ChatRound(workflow_id, round_number)
     reply = Reply(round_item_id(workflow_id, round_number, "assistant"))
-    messages = await Message.filter(workflow_id=workflow_id, round_number__lte=round_number).order_by("round_number", "created_at")
-    if any(m.id == reply.message_id for m in messages):  # a retry after the reply was stored
+    if any(row["id"] == reply.message_id for row in history):  # a retry after the reply was stored
         await end_round(runtime, workflow_id, round_number, COMPLETED)
         return "completed earlier"
     if ctx.get("job_try", 1) > 1:  # a retry after a worker died mid-reply: its deltas are out
@@ -45,24 +51,26 @@ async def run_chatbot(ctx: dict, workflow_id: str, round_number: int) -> str:
         return "failed: worker lost"
     stop = asyncio.Event()
     async with runtime.control.running(workflow_id, round_number, stop.set):
-        turns = [ChatTurn(m.role, m.content) for m in messages]
-        outcome = await _generate(runtime, workflow, reply, turns, stop)
-        await _finish(runtime, workflow, reply, *outcome)
+        turns = [ChatTurn(row["role"], row["content"]) for row in reversed(history)]
+        outcome = await _generate(runtime, chat, reply, turns, stop)
+        await _finish(runtime, chat, reply, *outcome)
     return outcome[0]
 
 
-async def _generate(runtime: Runtime, workflow: Workflow, reply: Reply, turns: list[ChatTurn], stop: asyncio.Event) -> tuple[str, ...]:
+async def _generate(runtime: Runtime, chat: ChatRound, reply: Reply, turns: list[ChatTurn], stop: asyncio.Event) -> tuple[str, ...]:
     """Stream the reply until it ends, fails or is stopped; the outcome for end_round."""
-    await _log_step(runtime, workflow, "history", f"Loaded the conversation ({len(turns)} messages)")
-    await _log_step(runtime, workflow, "generate", f"Generating the reply with the {runtime.provider.name} model")
-    generation = asyncio.create_task(_stream(runtime, workflow, reply, turns))
+    await _log_steps(
+        runtime, chat, ("history", f"Loaded the conversation ({len(turns)} messages)"),
+        ("generate", f"Generating the reply with the {runtime.provider.name} model"),
+    )
+    generation = asyncio.create_task(_stream(runtime, chat, reply, turns))
     stopped = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({generation, stopped}, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:  # job timeout or worker shutdown: end the round, then go
         generation.cancel()
         await asyncio.gather(generation, return_exceptions=True)
-        await _finish(runtime, workflow, reply, FAILED, *WORKER_LOST)
+        await _finish(runtime, chat, reply, FAILED, *WORKER_LOST)
         raise
     finally:
         stopped.cancel()
@@ -75,16 +83,16 @@ async def _generate(runtime: Runtime, workflow: Workflow, reply: Reply, turns: l
     except ProviderError as exc:
         return FAILED, exc.code, exc.message
     except Exception:
-        log.exception("chatbot round %s/%s failed", workflow.id, workflow.round_number)
+        log.exception("chatbot round %s/%s failed", chat.workflow_id, chat.number)
         return FAILED, "internal_error", "The chatbot failed unexpectedly."
     return (COMPLETED,)
 
 
-async def _stream(runtime: Runtime, workflow: Workflow, reply: Reply, turns: list[ChatTurn]) -> None:
+async def _stream(runtime: Runtime, chat: ChatRound, reply: Reply, turns: list[ChatTurn]) -> None:
     async def on_usage(usage: dict) -> None:
         counts = ", ".join(f"{name.replace('_', ' ')}: {value}" for name, value in usage.items())
-        log.info("round %s/%s token usage %s", workflow.id, workflow.round_number, usage)
-        await _log_step(runtime, workflow, "usage", f"Token usage ({counts})", kind="usage")
+        log.info("round %s/%s token usage %s", chat.workflow_id, chat.number, usage)
+        await _log_steps(runtime, chat, ("usage", f"Token usage ({counts})"), kind="usage")
 
     # aclosing: a stop closes the provider's upstream request now, not when collected.
     async with aclosing(runtime.provider.stream_reply(turns, on_usage)) as pieces:
@@ -95,28 +103,29 @@ async def _stream(runtime: Runtime, workflow: Workflow, reply: Reply, turns: lis
             reply.parts.append(piece)
             # A stop may cancel this await; the delta is already in the feed's hands (see
             # EventFeed.emit), so sent deltas and the stored text still agree.
-            await publish_item(runtime, "delta", delta, workflow.id)
+            await publish_item(runtime, "delta", delta, chat.workflow_id)
 
 
-async def _finish(runtime: Runtime, workflow: Workflow, reply: Reply, status: str, *error: str) -> None:
+async def _finish(runtime: Runtime, chat: ChatRound, reply: Reply, status: str, *error: str) -> None:
     """Store what was generated (sent deltas must join to a stored message), end the round."""
     if reply.parts or status == COMPLETED:
-        await _store_reply(runtime, workflow, reply)
-    await end_round(runtime, workflow.id, workflow.round_number, status, *error)
+        await _store_reply(runtime, chat, reply)
+    await end_round(runtime, chat.workflow_id, chat.number, status, *error)
 
 
-async def _store_reply(runtime: Runtime, workflow: Workflow, reply: Reply) -> None:
+async def _store_reply(runtime: Runtime, chat: ChatRound, reply: Reply) -> None:
     message = await create_once(
-        Message, id=reply.message_id, workflow_id=workflow.id, role="assistant", content=reply.text, round_number=workflow.round_number
+        Message, id=reply.message_id, workflow_id=chat.workflow_id, role="assistant", content=reply.text, round_number=chat.number
     )
     if message is not None:
-        await publish_item(runtime, "message", message.to_item(), workflow.id)
+        await publish_item(runtime, "message", message.to_item(), chat.workflow_id)
 
 
-async def _log_step(runtime: Runtime, workflow: Workflow, step: str, text: str, kind: str = "step") -> None:
-    entry = await create_once(
-        Log, id=round_item_id(workflow.id, workflow.round_number, step), workflow_id=workflow.id, message=text, type=kind,
-        round_number=workflow.round_number,
-    )
-    if entry is not None:
-        await publish_item(runtime, "log", entry.to_item(), workflow.id)
+async def _log_steps(runtime: Runtime, chat: ChatRound, *steps: tuple[str, str], kind: str = "step") -> None:
+    """Store log entries, one after the other (their times order them), then emit them together."""
+    entries = [
+        await create_once(Log, id=round_item_id(chat.workflow_id, chat.number, step), workflow_id=chat.workflow_id, message=text,
+                          type=kind, round_number=chat.number)
+        for step, text in steps
+    ]
+    await asyncio.gather(*(publish_item(runtime, "log", entry.to_item(), chat.workflow_id) for entry in entries if entry is not None))

@@ -38,13 +38,13 @@ class LocalControl:
         key = (workflow_id, round_number)
         self.active[key] = on_stop
         try:
-            if await self._stop_flagged(key):  # after registering: no stop falls between
+            if await self._begin(key):  # after registering: no stop falls between
                 on_stop()
             yield
         finally:
             self.active.pop(key, None)
             self.queued.discard(key)
-            await self._forget(key)
+            await self._end(key)
 
     async def request_stop(self, workflow_id: str, round_number: int) -> None:
         key = (workflow_id, round_number)
@@ -59,10 +59,11 @@ class LocalControl:
         key = (workflow_id, round_number)
         return key in self.active or key in self.queued
 
-    async def _stop_flagged(self, key: RoundKey) -> bool:
+    async def _begin(self, key: RoundKey) -> bool:
+        """A round starts running here: whether a stop came for it before."""
         return key in self.stops
 
-    async def _forget(self, key: RoundKey) -> None:
+    async def _end(self, key: RoundKey) -> None:
         self.stops.discard(key)
 
     async def close(self) -> None:
@@ -90,16 +91,12 @@ class RedisControl(LocalControl):
 
     @contextlib.asynccontextmanager
     async def running(self, workflow_id: str, round_number: int, on_stop: Callable[[], None]) -> AsyncIterator[None]:
-        key = (workflow_id, round_number)
-        await self._renew(key)
-        heartbeat = asyncio.create_task(self._heartbeat(key, on_stop))
+        heartbeat = asyncio.create_task(self._heartbeat((workflow_id, round_number), on_stop))
         try:
             async with super().running(workflow_id, round_number, on_stop):
                 yield
         finally:
             heartbeat.cancel()
-            with contextlib.suppress(Exception):
-                await self.redis.execute("DEL", self._key("lease", key))
 
     async def _renew(self, key: RoundKey) -> None:
         await self.redis.execute("SET", self._key("lease", key), "running", "PX", int(self.lease_seconds * 1000))
@@ -125,9 +122,13 @@ class RedisControl(LocalControl):
     async def _stop_flagged(self, key: RoundKey) -> bool:
         return bool(await self.redis.execute("EXISTS", self._key("stop", key)))
 
-    async def _forget(self, key: RoundKey) -> None:
+    async def _begin(self, key: RoundKey) -> bool:
+        _, flagged = await asyncio.gather(self._renew(key), self._stop_flagged(key))  # one trip to Redis
+        return flagged
+
+    async def _end(self, key: RoundKey) -> None:
         with contextlib.suppress(Exception):
-            await self.redis.execute("DEL", self._key("stop", key))
+            await self.redis.execute("DEL", self._key("stop", key), self._key("lease", key))
 
     def listen(self, redis_url: str) -> None:
         """Workers: take stop nudges for the rounds this process runs (on a connection of

@@ -122,6 +122,6 @@ async def end_round(runtime: Runtime, workflow_id: str, round_number: int, statu
     data: dict = {"workflowId": workflow_id, "roundNumber": round_number}
     if status == FAILED:
         data |= {"code": code, "message": message}
-    await runtime.feed.emit(workflow_id, ROUND_END_EVENT[status], data, "workflow")
-    await runtime.feed.finish(workflow_id)
+    # One trip: gather starts its tasks in order, so the expiry comes after the event.
+    await asyncio.gather(runtime.feed.emit(workflow_id, ROUND_END_EVENT[status], data, "workflow"), runtime.feed.finish(workflow_id))
     return True

@@ -35,7 +35,7 @@ async def leave_queue(ctx: dict) -> None:
     round trips each) on every poll, so with hundreds of chats running a poll takes
     longer and longer and a new chat waits behind all of them. A started chat job leaves
     the queue; if its worker dies, the round's lease ends it (see tasks/control.py)."""
-    await ctx["redis"].zrem(_settings.queue_name, ctx["job_id"])
+    await ctx["runtime"].redis.execute("ZREM", _settings.queue_name, ctx["job_id"])
 
 
 async def shutdown(ctx: dict) -> None:

@@ -126,3 +126,22 @@ async def test_a_client_gone_as_its_stream_is_handed_over_gets_no_stream(tmp_pat
     async with app.test_app():
         await asyncio.wait_for(app(scope, receive, send), 5)
     assert sent[0]["status"] == 200 and all(not m.get("body") for m in sent[1:])
+
+
+async def test_a_handler_that_prepares_a_stream_but_answers_otherwise_gets_its_answer(tmp_path):
+    """sse_response leaves its events to the middleware; a handler that then returns another
+    response (here JSON, 200) must have that response sent whole, not held for the events."""
+    app = create_app({"database_url": f"sqlite://{tmp_path / 'chat.sqlite3'}", "secret_key": "test"})
+
+    @app.get("/changed-my-mind")
+    async def changed_my_mind():
+        async def stream():
+            yield frame("tick", "1")
+            await asyncio.Event().wait()
+
+        await sse_response(stream())
+        return {"answer": "not a stream"}
+
+    async with app.test_app() as test_app:
+        response = await asyncio.wait_for(test_app.test_client().get("/changed-my-mind"), 5)
+        assert response.status_code == 200 and await response.get_json() == {"answer": "not a stream"}

@@ -18,7 +18,7 @@ import pytest
 from aerich.models import Aerich
 from tortoise.exceptions import IntegrityError
 
-from models import COMPLETED, RUNNING, STOPPED, Log, Message, Workflow, chat_items, round_item_id
+from models import COMPLETED, HISTORY_PAGE, RUNNING, STOPPED, Log, Message, Workflow, chat_items, recent_messages, round_item_id
 from models.db import close_db, migrations_for, open_db
 from tests.servers import postgres_database
 
@@ -156,6 +156,31 @@ async def test_chat_items_are_oldest_first(db):
         assert item["workflowId"] == workflow.id
         assert ("content" in item) == (kind == "message")
     assert await chat_items(str(uuid.uuid4())) == []
+
+
+async def test_recent_messages_load_only_what_a_model_can_be_sent(db):
+    """Newest first, up to the round asked for, in pages until they hold max_chars: a
+    long conversation is not read whole for every round. Each row says the workflow's
+    status and current round."""
+    workflow = await new_workflow()
+    rounds = 2 * HISTORY_PAGE  # two messages a round: four pages
+    for n in range(1, rounds + 1):
+        await Message.create(workflow=workflow, role="user", content=f"q{n}".ljust(10), round_number=n)
+        await Message.create(workflow=workflow, role="assistant", content=f"a{n}".ljust(10), round_number=n)
+    await Workflow.filter(id=workflow.id).update(round_number=rounds)
+
+    everything = await recent_messages(workflow.id, rounds - 1, max_chars=10**9)
+    assert [row["content"].strip() for row in everything[:3]] == [f"a{rounds - 1}", f"q{rounds - 1}", f"a{rounds - 2}"]
+    assert len(everything) == 2 * (rounds - 1)  # nothing of the later round
+    assert {(row["status"], row["round"]) for row in everything} == {(RUNNING, rounds)}
+
+    newest = [row["id"] for row in await recent_messages(workflow.id, rounds, max_chars=10**9)]
+    assert len(newest) == 2 * rounds
+    one_page = await recent_messages(workflow.id, rounds, max_chars=10 * HISTORY_PAGE)  # 10 characters a message
+    assert [row["id"] for row in one_page] == newest[:HISTORY_PAGE]
+    two_pages = await recent_messages(workflow.id, rounds, max_chars=10 * HISTORY_PAGE + 1)
+    assert [row["id"] for row in two_pages] == newest[: 2 * HISTORY_PAGE]
+    assert await recent_messages(str(uuid.uuid4()), 1, max_chars=100) == []
 
 
 async def test_one_message_per_role_and_round(db):
