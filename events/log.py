@@ -48,7 +48,11 @@ class ContextLog:
 
     def after(self, cursor: str) -> list[Event]:
         position = parse_cursor(cursor)
-        if (not self.holds_origin) if position == (0, 0) else position < self.floor:
+        if position == (0, 0):  # everything retained: only a log that is the whole feed knows it
+            gap = not self.holds_origin
+        else:
+            gap = position < self.floor
+        if gap:
             raise FeedGap(cursor)
         start = bisect_right(self.positions, position)
         return self.events[start : start + MAX_BATCH]

@@ -121,6 +121,7 @@ async def recent_messages(workflow_id: str, round_number: int, max_chars: int) -
     (what a model is sent at most), so a long conversation costs what is used of it. Each
     row carries its workflow's ``status`` and current ``round``: one query answers both."""
     rows: list[dict] = []
+    chars = 0
     while True:
         page = await (
             Message.filter(workflow_id=workflow_id, round_number__lte=round_number)
@@ -130,7 +131,8 @@ async def recent_messages(workflow_id: str, round_number: int, max_chars: int) -
             .values("id", "role", "content", status="workflow__status", round="workflow__round_number")
         )
         rows += page
-        if len(page) < HISTORY_PAGE or sum(len(row["content"]) for row in rows) >= max_chars:
+        chars += sum(len(row["content"]) for row in page)
+        if len(page) < HISTORY_PAGE or chars >= max_chars:
             return rows
 
 

@@ -102,7 +102,6 @@ def __getattr__(name: str):
 
 
 if __name__ == "__main__":
-
     async def _migrate() -> None:
         await open_db(Settings.from_env().database_url, migrate=True)
         await close_db()
