@@ -4,9 +4,11 @@ Run it with ``hypercorn app:app``; tests and embedders call ``create_app()``.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import uuid
+from collections.abc import AsyncIterator
 
 from quart import Quart, request, session
 from quart_schema import QuartSchema, RequestSchemaValidationError
@@ -14,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from blueprints import api_error, chat, health, page, send_streams_after_quart, stream
 from config import Settings
-from models.db import close_db, open_db
+from models.db import close_db, open_db, serving_alone
 from tasks.runtime import Runtime
 from tasks.workflows import PromptTooLong, RoundRunning, WorkflowNotFound, fail_orphaned_rounds
 
@@ -44,20 +46,21 @@ def create_app(test_config: dict | None = None) -> Quart:
 
 
 def _lifespan(app: Quart, settings: Settings) -> None:
-    @app.before_serving
-    async def open_services() -> None:
+    @app.while_serving
+    async def services() -> AsyncIterator[None]:
         await open_db(settings.database_url, migrate=True)
-        if settings.redis_url is None:
-            await fail_orphaned_rounds()
-        app.extensions["chat_runtime"] = await Runtime.open(settings, runs_jobs=settings.redis_url is None)
-        app.extensions["gc_thresholds"] = _collect_for_long_lived_streams()
-
-    @app.after_serving
-    async def close_services() -> None:
-        gc.set_threshold(*app.extensions.pop("gc_thresholds"))
-        gc.unfreeze()
-        await app.extensions.pop("chat_runtime").close()
-        await close_db()
+        async with contextlib.AsyncExitStack() as opened:  # closed in reverse order, also if start-up fails
+            opened.push_async_callback(close_db)
+            embedded = settings.redis_url is None
+            if embedded:
+                await opened.enter_async_context(serving_alone(settings.database_url))
+                await fail_orphaned_rounds()
+            runtime = app.extensions["chat_runtime"] = await Runtime.open(settings, runs_jobs=embedded)
+            opened.push_async_callback(runtime.close)
+            gc_thresholds = _collect_for_long_lived_streams()
+            yield
+            gc.set_threshold(*gc_thresholds)
+            gc.unfreeze()
 
 
 def _collect_for_long_lived_streams() -> tuple[int, int, int]:

@@ -17,7 +17,7 @@ from config import Settings, sqlite_path
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 POSTGRES_POOL_SIZE = 20
-MIGRATION_LOCK = 0x63686174  # a PostgreSQL advisory lock key of ours ("chat")
+ADVISORY_LOCKS = {"migrate": 0x63686174, "serve": 0x63686175}  # PostgreSQL advisory lock keys of ours ("chat", "chau")
 
 
 def dialect(database_url: str) -> str:
@@ -71,23 +71,63 @@ async def _migrating_alone(database_url: str) -> AsyncIterator[None]:
     """One process at a time: web processes that start together (``hypercorn --workers
     N``, several machines) would otherwise all apply the same migration to a new
     database, and all but one would fail on tables the first had just created."""
+    async with _database_lock(database_url, "migrate", wait=True):
+        yield
+
+
+class ServedElsewhere(RuntimeError):
+    def __init__(self) -> None:
+        super().__init__(
+            "Another process already serves this database in embedded mode (no REDIS_URL). "
+            "That mode keeps its event feed and runs its jobs inside its one process, so a second "
+            "process would miss them: run one web process, or set REDIS_URL to run several."
+        )
+
+
+@contextlib.asynccontextmanager
+async def serving_alone(database_url: str) -> AsyncIterator[None]:
+    """Held by the one process that may serve ``database_url`` in embedded mode
+    (ServedElsewhere if another does): ``hypercorn --workers 2`` without REDIS_URL, or a
+    second server started on the same database, is refused at start-up instead of
+    answering with a feed that misses half the events."""
+    async with _database_lock(database_url, "serve", wait=False) as held:
+        if not held:
+            raise ServedElsewhere()
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _database_lock(database_url: str, name: str, *, wait: bool) -> AsyncIterator[bool]:
+    """An exclusive lock of ours on the database, held inside the block, and whether we got
+    it (without ``wait``, only if no one holds it): a PostgreSQL advisory lock, or a file
+    lock next to a SQLite file. The database server or the operating system frees it if
+    the process dies. An in-memory SQLite database is its process's own: nothing to lock."""
     if dialect(database_url) == "postgres":
+        key = ADVISORY_LOCKS[name]
         async with connections.get("postgres").acquire_connection() as connection:
-            await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+            if wait:
+                await connection.execute("SELECT pg_advisory_lock($1)", key)
+            elif not await connection.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                yield False
+                return
             try:
-                yield
+                yield True
             finally:
-                await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+                await connection.execute("SELECT pg_advisory_unlock($1)", key)
         return
     if (path := sqlite_path(database_url)) is None:
-        yield
+        yield True
         return
-    with open(f"{path}.migrate-lock", "a") as lock:
-        await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with open(f"{path}.{name}-lock", "a") as lock:  # closing the file frees the lock
+        held = True
+        if wait:
+            await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+        else:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held = False
+        yield held
 
 
 async def close_db() -> None:

@@ -1,16 +1,21 @@
-"""The app factory in process (embedded mode, SQLite in a temporary folder): its serving
-lifespan, and SSE responses sent after Quart has finished the request."""
+"""The app factory (embedded mode, SQLite in a temporary folder): its serving lifespan,
+in process and under Hypercorn, and SSE responses sent after Quart has finished the request."""
 from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import subprocess
 import weakref
 
+import pytest
 from quart import Blueprint, Quart, request
+from quart.testing.app import LifespanError
 
 from app import create_app
 from blueprints import runtime, sse_response
 from events.sse import KEEPALIVE, frame
+from tests.servers import BIN, ROOT, free_port
 
 
 async def test_serving_tunes_the_garbage_collector_for_long_lived_streams_and_restores_it(tmp_path):
@@ -26,6 +31,32 @@ async def test_serving_tunes_the_garbage_collector_for_long_lived_streams_and_re
         assert response.status_code == 200
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
+
+
+async def test_embedded_mode_serves_a_database_from_one_process_until_it_stops(tmp_path):
+    settings = {"database_url": f"sqlite://{tmp_path / 'chat.sqlite3'}", "secret_key": "test"}
+    first, second = create_app(settings), create_app(settings)
+    async with first.test_app():
+        with pytest.raises(LifespanError, match="Another process already serves this database"):
+            async with second.test_app():
+                pass
+        assert (await first.test_client().get("/healthz")).status_code == 200
+    async with create_app(settings).test_app() as third:
+        assert (await third.test_client().get("/healthz")).status_code == 200
+
+
+def test_hypercorn_with_two_workers_in_embedded_mode_is_refused(tmp_path):
+    """Each worker would keep its own in-memory feed: a stream served by one would never
+    see the events of a round started on the other. Hypercorn stops both and says why
+    (with exit status 0: Hypercorn 0.18 reports its workers' last status, not the first
+    failure, pgjones/hypercorn#269)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")} | {"DATA_DIR": str(tmp_path)}
+    command = [str(BIN / "hypercorn"), "--workers", "2", "app:app", "--bind", f"127.0.0.1:{free_port()}"]
+    try:
+        served = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired as running:
+        raise AssertionError("two embedded web processes served together") from running
+    assert "Another process already serves this database in embedded mode" in served.stderr
 
 
 def documents_blueprint() -> Blueprint:

@@ -19,7 +19,7 @@ from aerich.models import Aerich
 from tortoise.exceptions import IntegrityError
 
 from models import COMPLETED, HISTORY_PAGE, RUNNING, STOPPED, Log, Message, Workflow, chat_items, recent_messages, round_item_id
-from models.db import close_db, migrations_for, open_db
+from models.db import ServedElsewhere, close_db, migrations_for, open_db, serving_alone
 from tests.servers import postgres_database
 
 
@@ -82,6 +82,17 @@ async def db(database_url):
         yield database_url
     finally:
         await close_db()
+
+
+async def test_one_process_at_a_time_serves_a_database_in_embedded_mode(db):
+    """A second holder (another process: here another file handle or PostgreSQL session)
+    is refused while the first holds the database, and gets it once the first lets go."""
+    async with serving_alone(db):
+        with pytest.raises(ServedElsewhere, match="REDIS_URL"):
+            async with serving_alone(db):
+                pass
+    async with serving_alone(db):
+        pass
 
 
 async def new_workflow(**fields) -> Workflow:
