@@ -19,9 +19,16 @@ class StartChat(BaseModel):
 
     @field_validator("prompt")
     @classmethod
-    def not_blank(cls, prompt: str) -> str:
+    def storable_text(cls, prompt: str) -> str:
         if not prompt.strip():
             raise ValueError("prompt must not be empty")
+        # JSON can spell what no database stores: half a surrogate pair, or NUL (PostgreSQL).
+        try:
+            prompt.encode()
+        except UnicodeEncodeError:
+            raise ValueError("prompt must be text: it holds an unpaired surrogate") from None
+        if "\x00" in prompt:
+            raise ValueError("prompt must be text: it holds a NUL character")
         return prompt
 
 
@@ -31,11 +38,15 @@ def json_object(handler):
 
     @wraps(handler)
     async def checked(*args, **kwargs):
-        body = await request.get_data(as_text=True)  # read it all, so the connection stays usable
+        body = await request.get_data()  # read it all, so the connection stays usable
         if not request.is_json:
             return api_error(415, "unsupported_media_type", "Send the body as application/json.")
+        try:
+            body.decode()
+        except UnicodeDecodeError:
+            return api_error(400, "invalid_json", "The body is not valid UTF-8.")
         data = await request.get_json(silent=True)
-        if data is None and body.strip() != "null":
+        if data is None and body.strip() != b"null":
             return api_error(400, "invalid_json", "The body is not valid JSON.")
         if not isinstance(data, dict):
             return api_error(400, "invalid_body", "The body must be a JSON object.")

@@ -57,6 +57,7 @@ class EventFeed(ABC):
     def subscriptions(self) -> int:
         """Live subscriptions in this process (each SSE client holds one)."""
         return sum(log.readers for log in self.logs.values())
+
     @abstractmethod
     async def emit(self, context_id: str, event_type: str, data: dict, category: str = "default") -> str:
         """Append an event and return its cursor. The event is taken before the first

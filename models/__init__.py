@@ -24,6 +24,14 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+def is_workflow_id(text: str) -> bool:
+    """Whether ``text`` has the form of the ids new_id makes."""
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
+
+
 def round_item_id(workflow_id: str, round_number: int, name: str) -> str:
     return str(uuid.uuid5(_IDS, f"{workflow_id}/{round_number}/{name}"))
 

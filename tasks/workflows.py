@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterable
 
 from events import ORIGIN, Event, FeedGap, category_set, encode, parse_cursor, wanted
 from events.sse import KEEPALIVE, frame
-from models import FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Message, Workflow, chat_items, round_item_id
+from models import FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Message, Workflow, chat_items, is_workflow_id, round_item_id
 from tasks.chatbot import WORKER_LOST
 from tasks.metrics import EVENTS_SENT, OPEN_STREAMS, ROUNDS_STARTED
 from tasks.runtime import Runtime, chatdata, chatdata_category, end_round, publish_item
@@ -30,6 +30,8 @@ class PromptTooLong(Exception):
 
 async def owned_workflow(owner_id: str, workflow_id: str) -> Workflow:
     """The workflow if it exists and is this user's: others' look exactly like missing ones."""
+    if not is_workflow_id(workflow_id):  # never ours, and not for the database to choke on
+        raise WorkflowNotFound(workflow_id)
     workflow = await Workflow.get_or_none(id=workflow_id, owner_id=owner_id)
     if workflow is None:
         raise WorkflowNotFound(workflow_id)

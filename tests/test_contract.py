@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 
 import pytest
 
@@ -224,11 +225,12 @@ async def test_another_users_workflow_is_404_like_a_missing_one(client, server):
             ("POST", "/api/chatbot/start", {"prompt": "hijack", "workflowId": wf}, None),
         ]:
             theirs = await stranger.request(method, path, json=body, headers=headers)
-            missing = await stranger.request(
-                method, path.replace(wf, "no-such-workflow"), json=body and {**body, "workflowId": "no-such-workflow"}, headers=headers
-            )
-            assert theirs.status_code == missing.status_code == 404
-            assert theirs.json() == missing.json() and theirs.json()["error"]["code"] == "not_found"
+            assert theirs.status_code == 404 and theirs.json()["error"]["code"] == "not_found"
+            for missing_id in ("no-such-workflow", str(uuid.uuid4()), "a" * 37):  # longer than any id stored
+                missing = await stranger.request(
+                    method, path.replace(wf, missing_id), json=body and {**body, "workflowId": missing_id}, headers=headers
+                )
+                assert (missing.status_code, missing.json()) == (404, theirs.json()), missing_id
     items = (await client.get(f"/api/chatbot/{wf}")).json()["items"]
     assert "hijack" not in json.dumps(items)
 
@@ -257,6 +259,9 @@ BAD_INPUT = [
     ("application/json", '{"prompt": ["hi"]}', 422),
     ("application/json", '{"prompt": "hi", "workflowId": 7}', 422),
     ("application/json", json.dumps({"prompt": "x" * 8001}), 413),
+    ("application/json", '{"prompt": "half a pair \\ud800"}', 422),  # valid JSON, not storable text
+    ("application/json", '{"prompt": "nul \\u0000 inside"}', 422),
+    ("application/json", b'{"prompt": "caf\xe9"}', 400),  # Latin-1, not UTF-8
 ]
 
 
@@ -269,6 +274,20 @@ async def test_bad_input_is_a_json_error_and_stores_nothing(server, path):
             error = response.json()["error"]
             assert error["code"] and error["message"], body
         assert (await fresh.get("/api/chatbot")).json() == {"workflows": []}
+
+
+async def test_bad_input_on_an_existing_workflow_changes_nothing(client):
+    started, _ = await run_round(client)
+    wf = started["workflowId"]
+    before = (await client.get(f"/api/chatbot/{wf}")).json()
+    for content_type, body, status in BAD_INPUT:
+        if isinstance(body, str) and status in (413, 422) and body.startswith('{"prompt"') and "workflowId" not in body:
+            body = json.dumps({**json.loads(body), "workflowId": wf})
+        response = await client.post("/api/chatbot/start", content=body, headers={"Content-Type": content_type})
+        assert response.status_code == status, (body, response.text)
+    assert (await client.get(f"/api/chatbot/{wf}")).json() == before
+    second, events = await run_round(client, "still fine", wf)  # the next round is round 2
+    assert events[-1].data["roundNumber"] == 2
 
 
 async def test_the_prompt_limit_counts_characters_and_extra_fields_are_ignored(client):
