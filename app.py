@@ -80,8 +80,6 @@ def _collect_for_long_lived_streams() -> tuple[int, int, int]:
 def _identity(app: Quart) -> None:
     @app.before_request
     async def anonymous_user() -> None:
-        if request.endpoint == "static":  # assets need no user
-            return
         if not isinstance(session.get("uid"), str):
             session["uid"] = uuid.uuid4().hex
             session.permanent = True

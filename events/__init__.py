@@ -65,7 +65,8 @@ class EventFeed(ABC):
 
     @abstractmethod
     async def read(self, context_id: str, after: str = ORIGIN) -> list[Event]:
-        """The retained events after ``after``; FeedGap if some of them are no longer retained."""
+        """The retained events after ``after``; FeedGap if some of them are no longer
+        retained, or if ``after`` is past the last event (a cursor the feed never issued)."""
 
     @abstractmethod
     def subscribe(

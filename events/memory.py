@@ -5,7 +5,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable
 
-from events import ORIGIN, Event, EventFeed, FeedGap, category_set, encode
+from events import ORIGIN, Event, EventFeed, FeedGap, category_set, encode, parse_cursor
 from events.log import ContextLog, follow
 
 
@@ -42,6 +42,8 @@ class MemoryFeed(EventFeed):
             if after != ORIGIN:
                 raise FeedGap(after)
             return []
+        if parse_cursor(after) > (log.positions[-1] if log.positions else log.floor):  # never issued here
+            raise FeedGap(after)
         events, batch = [], log.after(after)
         while batch:
             events += batch

@@ -83,8 +83,9 @@ class RedisFeed(EventFeed):
     async def read(self, context_id: str, after: str = ORIGIN) -> list[Event]:
         key = self.prefix + context_id
         oldest = self.redis.send("XRANGE", key, "-", "+", "COUNT", 1)
+        newest = self.redis.send("XREVRANGE", key, "+", "-", "COUNT", 1)
         entries = await self.redis.send("XRANGE", key, f"({after}", "+", "COUNT", READ_COUNT)
-        if _gap(after, await oldest):  # answered before the second: Redis replies in order
+        if _gap(after, await oldest) or _ahead(after, await newest):  # answered already: Redis replies in order
             raise FeedGap(after)
         events = [_event(*entry) for entry in entries]
         while len(entries) == READ_COUNT:
@@ -190,6 +191,12 @@ def _event(cursor: str, fields: list[str]) -> Event:
 def _gap(after: str, oldest: list) -> bool:
     """Whether the events right after ``after`` may be gone (``oldest``: the stream's first entry)."""
     return after != ORIGIN and (not oldest or parse_cursor(after) < parse_cursor(oldest[0][0]))
+
+
+def _ahead(after: str, newest: list) -> bool:
+    """Whether ``after`` is past the stream's last entry: a cursor this feed never issued,
+    whose reader would skip every event to come until the clock caught up with it."""
+    return bool(newest) and parse_cursor(after) > parse_cursor(newest[0][0])
 
 
 def _ignore(future: asyncio.Future) -> None:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterable
 
 from events import ORIGIN, Event, FeedGap, category_set, encode, parse_cursor, wanted
 from events.sse import KEEPALIVE, frame
-from models import FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Message, Workflow, chat_items, is_workflow_id, round_item_id
+from models import FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Log, Message, Workflow, chat_items, is_workflow_id, round_item_id
 from tasks.chatbot import WORKER_LOST
 from tasks.metrics import EVENTS_SENT, OPEN_STREAMS, ROUNDS_STARTED
 from tasks.runtime import Runtime, chatdata, chatdata_category, end_round, publish_item
@@ -100,7 +100,7 @@ async def workflow_detail(workflow: Workflow) -> dict:
 
 
 async def list_workflows(owner_id: str) -> list[dict]:
-    workflows = await Workflow.filter(owner_id=owner_id).order_by("-updated_at").limit(200)
+    workflows = await Workflow.filter(owner_id=owner_id).order_by("-updated_at")
     return [w.to_dict() for w in workflows]
 
 
@@ -173,7 +173,8 @@ class _Stream:
                 position = None
             else:
                 workflow = await owned_workflow(owner_id, self.workflow_id)
-                self.running_round = workflow.round_number if workflow.status == RUNNING else 0
+                if workflow.status == RUNNING:  # the round running now ends it, not an earlier one it replays
+                    self.closing_round = self.running_round = workflow.round_number
                 return events, events[-1].cursor if events else last_event_id
         return await self._snapshot(owner_id, skip=position[1] if position else 0)
 
@@ -185,14 +186,24 @@ class _Stream:
         workflow = await owned_workflow(owner_id, self.workflow_id)
         rows = await chat_items(self.workflow_id)
         current = workflow.round_number
+        # A client back from a snapshot cursor after whole rounds ran gets those rounds'
+        # events as they were sent (deltas and ends included) while the feed holds them.
+        replayed = _replayed_round(rows, skip, retained)
         if workflow.status == RUNNING:
             self.closing_round = self.running_round = current
-            live_part = retained[_round_start(retained, current) :]
-            stored = [row for row in rows if row[2].round_number < current]
+            first_from_feed = current if replayed is None else replayed
+        elif replayed is not None:
+            self.closing_round = first_from_feed = replayed  # it closes at that round's end, as before it left
         else:
-            self.closing_round = current + 1
-            live_part, stored = [], rows
+            self.closing_round = first_from_feed = current + 1
             self.sent_ids = tuple(item["id"] for _, item, row in rows if row.round_number >= current)
+        live_part = retained[_round_start(retained, first_from_feed) :]
+        stored = [row for row in rows if row[2].round_number < first_from_feed]
+        if workflow.status == RUNNING and not live_part and _reply_delta(retained[:1], self.workflow_id, current):
+            # The feed no longer holds the start of a reply longer than it keeps: the
+            # round's stored items, then the rest of the reply (its final message is whole).
+            live_part, stored = retained, rows
+            self.sent_ids = tuple(item["id"] for _, item, row in rows if row.round_number == current)
         synthetic = [
             Event(f"0-{i}", "chatdata", chatdata_category(kind), encode(chatdata(kind, item, item["createdAt"])))
             for i, (kind, item, _) in enumerate(stored, start=1)
@@ -230,6 +241,23 @@ class _Stream:
             await fail_if_lost(self.runtime, workflow)
             if workflow.status != RUNNING:
                 self.running_round = 0
+
+
+def _replayed_round(rows: list[tuple[str, dict, Message | Log]], skip: int, retained: list[Event]) -> int | None:
+    """The first round a client back from the snapshot cursor ``0-<skip>`` has seen nothing
+    of, if the feed still holds it from its start (and so every round after it)."""
+    if not 0 < skip < len(rows):
+        return None
+    first_unseen = rows[skip][2].round_number
+    if rows[skip - 1][2].round_number == first_unseen:  # it left in the middle of this round's items
+        first_unseen += 1
+    return first_unseen if _round_start(retained, first_unseen) < len(retained) else None
+
+
+def _reply_delta(events: list[Event], workflow_id: str, round_number: int) -> bool:
+    """Whether the first of ``events`` is a delta of that round's reply."""
+    reply_id = round_item_id(workflow_id, round_number, "assistant")
+    return bool(events) and events[0].type == "chatdata" and f'"messageId":"{reply_id}"' in events[0].data_json
 
 
 def _round_start(events: list[Event], round_number: int) -> int:

@@ -147,6 +147,45 @@ async def test_resume_from_a_snapshot_cursor(client):
     assert [e.item for e in rest] == [e.item for e in snapshot[2:4]]
 
 
+async def test_resume_from_a_snapshot_cursor_after_a_whole_round_gets_its_events(client):
+    """Back from an idle workflow's snapshot after another client ran a round: the round's
+    events as they were sent (deltas and its end included) while the feed retains them,
+    and the stream closes at that round's end as the first stream would have."""
+    first, _ = await run_round(client, "first")
+    wf = first["workflowId"]
+    snapshot = await read_stream(client, first["streamUrl"], limit=len((await client.get(f"/api/chatbot/{wf}")).json()["items"]))
+    second, live = await run_round(client, "second", wf)
+    resumed = await read_stream(client, first["streamUrl"], last_event_id=snapshot[-1].id)
+    round_two = [(e.id, e.event, e.data) for e in live if e.data.get("roundNumber", e.item.get("roundNumber")) == 2 or e.kind == "delta"]
+    assert [(e.id, e.event, e.data) for e in resumed] == round_two
+    assert resumed[0].item["id"] == second["messageId"] and resumed[-1].event == "complete"
+    for cut in (1, 3):  # left in the middle of the snapshot: the rest of it, then round 2 from the feed
+        rest = await read_stream(client, first["streamUrl"], last_event_id=snapshot[cut - 1].id)
+        assert [e.item for e in rest[: len(snapshot) - cut]] == [e.item for e in snapshot[cut:]]
+        assert [(e.id, e.event, e.data) for e in rest[len(snapshot) - cut :]] == round_two
+    third = await start(client, "third", wf)  # running now: round 2 as it was sent, then round 3 to its end
+    resumed = await read_stream(client, first["streamUrl"], last_event_id=snapshot[-1].id)
+    assert [(e.id, e.event, e.data) for e in resumed[: len(round_two)]] == round_two
+    assert resumed[len(round_two)].item["id"] == third["messageId"]
+    assert resumed[-1].event == "complete" and resumed[-1].data["roundNumber"] == 3
+
+
+async def test_resume_from_an_earlier_round_closes_at_the_end_of_the_running_one(client):
+    first, events = await run_round(client, "first")
+    second = await start(client, "second", first["workflowId"])
+    resumed = await read_stream(client, first["streamUrl"], last_event_id=events[3].id)
+    assert [e.id for e in resumed[: len(events) - 4]] == [e.id for e in events[4:]]  # the rest of round 1, its end included
+    assert resumed[-1].event == "complete" and resumed[-1].data["roundNumber"] == 2
+    assert second["messageId"] in {e.item.get("id") for e in resumed}
+
+
+async def test_a_cursor_the_server_never_issued_starts_over(client):
+    started, _ = await run_round(client)
+    stored = (await client.get(f"/api/chatbot/{started['workflowId']}")).json()["items"]
+    snapshot = await read_stream(client, started["streamUrl"], last_event_id="99999999999999-0", limit=len(stored))
+    assert [(e.kind, e.item) for e in snapshot] == [(i["type"], i["item"]) for i in stored]
+
+
 async def test_second_round_has_history_and_its_own_numbers(client):
     first, _ = await run_round(client, "one")
     second, events = await run_round(client, "two", first["workflowId"])
@@ -244,6 +283,8 @@ async def test_session_cookie_is_signed_httponly_and_lax(server):
         fresh.cookies.clear()
         fresh.cookies.set("chat_session", "forged.value.here")
         assert "set-cookie" in (await fresh.get("/api/chatbot")).headers  # a bad signature is a new user
+    async with server.client() as fresh:
+        assert "HttpOnly" in (await fresh.get("/static/style.css")).headers["set-cookie"]  # every request
 
 
 BAD_INPUT = [

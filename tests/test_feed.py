@@ -404,6 +404,18 @@ async def test_a_cursor_older_than_what_is_retained_raises_feed_gap(make_feed):
         assert [e.cursor for e in await feed.read(context_id, cursors[cut])] == cursors[cut + 1 :]
 
 
+async def test_a_cursor_past_the_last_event_raises_feed_gap(feed):
+    """A cursor the feed never issued (a client's invention, or another feed's): read from
+    it, a reader would skip every event until the clock passed it."""
+    context_id = ctx()
+    cursors = await emit_many(feed, context_id, 3)
+    ms, _, seq = cursors[-1].partition("-")
+    for never_issued in (f"{ms}-{int(seq) + 1}", f"{int(ms) + 3_600_000}-0", "99999999999999-0"):
+        with pytest.raises(FeedGap):
+            await feed.read(context_id, never_issued)
+    assert await feed.read(context_id, cursors[-1]) == []
+
+
 async def test_finish_expires_the_context_after_the_delay(feed):
     context_id = ctx()
     cursors = await emit_many(feed, context_id, 5)

@@ -20,6 +20,7 @@ from tortoise.exceptions import IntegrityError
 
 from models import COMPLETED, HISTORY_PAGE, RUNNING, STOPPED, Log, Message, Workflow, chat_items, recent_messages, round_item_id
 from models.db import ServedElsewhere, close_db, migrations_for, open_db, serving_alone
+from tasks.workflows import list_workflows
 from tests.servers import postgres_database
 
 
@@ -82,6 +83,13 @@ async def db(database_url):
         yield database_url
     finally:
         await close_db()
+
+
+async def test_the_list_holds_every_workflow_of_its_owner(db):
+    owner = f"user-{uuid.uuid4().hex[:8]}"
+    await Workflow.bulk_create([Workflow(owner_id=owner, title=f"w{i}", updated_at=1000.0 + i) for i in range(250)])
+    listed = await list_workflows(owner)
+    assert [w["title"] for w in listed] == [f"w{i}" for i in reversed(range(250))]
 
 
 async def test_one_process_at_a_time_serves_a_database_in_embedded_mode(db):

@@ -145,3 +145,25 @@ async def test_streams_outlive_the_feed_expiring_under_them(short_retention_serv
         second = await start(http, "round two", started["workflowId"])
         events = await follower
         assert events[-1].event == "complete" and second["messageId"] in {e.item.get("id") for e in events}
+
+
+@pytest.fixture(scope="module", params=MODES)
+def long_reply_server(request):
+    with stack_for(request, request.param, {"FEED_MAX_EVENTS": "20", "DEMO_REPLY_TOKENS": "400", "DEMO_TOKEN_INTERVAL_MS": "4"}) as stack:
+        yield stack
+
+
+async def test_a_subscriber_joining_a_reply_longer_than_the_feed_keeps_gets_the_round_and_the_rest(long_reply_server):
+    """The feed has dropped the reply's beginning (and the round's user message): the
+    stored items of the round come first, then the deltas it still holds, then the end."""
+    async with long_reply_server.client() as http:
+        started = await start(http, "a long one")
+        await asyncio.sleep(1.0)  # ≈ 250 of 400 deltas: far more than the feed keeps
+        late = await read_stream(http, started["streamUrl"])
+        assert [e.item["id"] for e in late if e.kind == "message" and e.item["role"] == "user"] == [started["messageId"]]
+        assert [e.kind for e in late].count("log") == len({e.item["id"] for e in late if e.kind == "log"})  # none twice
+        indexes = [e.item["index"] for e in late if e.kind == "delta"]
+        assert indexes and indexes[0] > 0 and indexes == list(range(indexes[0], 400))
+        reply = assistant_message(late)
+        assert reply["content"].endswith("".join(e.item["text"] for e in late if e.kind == "delta"))
+        assert late[-1].event == "complete"
