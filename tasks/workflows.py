@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Iterable
 
@@ -38,6 +39,19 @@ async def owned_workflow(owner_id: str, workflow_id: str) -> Workflow:
     return workflow
 
 
+def _runs_to_the_end(command):
+    """A command that writes in several steps goes on when its caller is cancelled, as
+    Quart cancels a request's handler when the client leaves: a start cut after its claim
+    would leave a round running with no message or job."""
+
+    @functools.wraps(command)
+    async def shielded(*args, **kwargs):
+        return await asyncio.shield(command(*args, **kwargs))
+
+    return shielded
+
+
+@_runs_to_the_end
 async def start_round(runtime: Runtime, owner_id: str, prompt: str, workflow_id: str | None) -> tuple[Workflow, Message]:
     """Store the user's message, emit it and enqueue the chatbot: a new conversation or
     the next round of an existing one (RoundRunning while a round still runs)."""
@@ -71,6 +85,7 @@ async def start_round(runtime: Runtime, owner_id: str, prompt: str, workflow_id:
     return workflow, message
 
 
+@_runs_to_the_end
 async def stop_round(runtime: Runtime, workflow: Workflow) -> str:
     """Ask the running round to stop; the status when answering."""
     if workflow.status == RUNNING:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 import subprocess
 import weakref
@@ -15,6 +16,7 @@ from quart.testing.app import LifespanError
 from app import create_app
 from blueprints import runtime, sse_response
 from events.sse import KEEPALIVE, frame
+from models import Message
 from tests.servers import BIN, ROOT, free_port
 
 
@@ -57,6 +59,43 @@ def test_hypercorn_with_two_workers_in_embedded_mode_is_refused(tmp_path):
     except subprocess.TimeoutExpired as running:
         raise AssertionError("two embedded web processes served together") from running
     assert "Another process already serves this database in embedded mode" in served.stderr
+
+
+async def test_a_client_leaving_mid_start_leaves_a_whole_round(tmp_path, monkeypatch):
+    """Quart cancels a request's handler when its client leaves. A start cut after it has
+    claimed the round would leave it running with no message and no job. (The message's
+    insert is held until the client has gone, to leave at that exact point.)"""
+    app = create_app({"database_url": f"sqlite://{tmp_path / 'chat.sqlite3'}", "secret_key": "test",
+                      "demo_reply_tokens": 3, "demo_token_interval_ms": 1})
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        workflow_id = (await (await client.post("/api/chatbot/start", json={"prompt": "one"})).get_json())["workflowId"]
+        await until_status(client, workflow_id, "completed")
+        inserting, left, create = asyncio.Event(), asyncio.Event(), Message.create
+
+        async def create_once_the_client_has_left(**values):
+            inserting.set()
+            await left.wait()
+            return await create(**values)
+
+        monkeypatch.setattr(Message, "create", create_once_the_client_has_left)
+        async with client.request("/api/chatbot/start", method="POST", headers={"Content-Type": "application/json"}) as connection:
+            await connection.send(json.dumps({"prompt": "two", "workflowId": workflow_id}).encode())
+            await connection.send_complete()
+            await inserting.wait()  # the round is claimed
+            await connection.disconnect()
+            await asyncio.sleep(0.05)  # Quart cancels the handler
+            left.set()
+        detail = await until_status(client, workflow_id, "completed")
+        assert [(i["item"]["role"], i["item"]["roundNumber"]) for i in detail["items"] if i["type"] == "message"][2:] == [
+            ("user", 2), ("assistant", 2)]
+
+
+async def until_status(client, workflow_id: str, status: str, timeout: float = 5.0) -> dict:
+    async with asyncio.timeout(timeout):
+        while (detail := await (await client.get(f"/api/chatbot/{workflow_id}")).get_json())["workflow"]["status"] != status:
+            await asyncio.sleep(0.02)
+    return detail
 
 
 def documents_blueprint() -> Blueprint:
