@@ -23,10 +23,16 @@ def encode(data: dict) -> str:
 
 
 def parse_cursor(cursor: str) -> Cursor:
-    """``<ms>-<seq>`` as a tuple that compares part by part; ValueError if malformed."""
+    """``<ms>-<seq>`` as a tuple that compares part by part; ValueError if malformed or
+    out of the 64-bit range of Redis stream ids."""
     ms, _, seq = cursor.partition("-")
-    parsed = (int(ms), int(seq or 0))
-    if parsed[0] < 0 or parsed[1] < 0:
+    seq = seq or "0"
+    # Plain ASCII digits only: int() would also take "+5", " 5", "5_000" or "٥", none of
+    # which Redis reads as an id.
+    if not (ms.isascii() and ms.isdigit() and seq.isascii() and seq.isdigit()):
+        raise ValueError(cursor)
+    parsed = (int(ms), int(seq))
+    if parsed[0] >= 2**64 or parsed[1] >= 2**64:
         raise ValueError(cursor)
     return parsed
 

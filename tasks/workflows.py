@@ -182,15 +182,16 @@ class _Stream:
         """The events to send first and the cursor to follow the feed from."""
         position = _position(last_event_id)
         if position is not None and position[0] > 0:
+            cursor = "%d-%d" % position  # as the feed writes it, whatever the client's spelling
             try:  # a live cursor: exactly what came after it, to the next end of a round
-                events = await self.runtime.feed.read(self.workflow_id, last_event_id)
+                events = await self.runtime.feed.read(self.workflow_id, cursor)
             except FeedGap:
                 position = None
             else:
                 workflow = await owned_workflow(owner_id, self.workflow_id)
                 if workflow.status == RUNNING:  # the round running now ends it, not an earlier one it replays
                     self.closing_round = self.running_round = workflow.round_number
-                return events, events[-1].cursor if events else last_event_id
+                return events, events[-1].cursor if events else cursor
         return await self._snapshot(owner_id, skip=position[1] if position else 0)
 
     async def _snapshot(self, owner_id: str, skip: int) -> tuple[list[Event], str]:
