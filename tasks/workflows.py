@@ -212,14 +212,15 @@ class _Stream:
             self.closing_round = first_from_feed = replayed  # it closes at that round's end, as before it left
         else:
             self.closing_round = first_from_feed = current + 1
-            self.sent_ids = tuple(item["id"] for _, item, row in rows if row.round_number >= current)
         live_part = retained[_round_start(retained, first_from_feed) :]
         stored = [row for row in rows if row[2].round_number < first_from_feed]
-        if workflow.status == RUNNING and not live_part and _reply_delta(retained[:1], self.workflow_id, current):
-            # The feed no longer holds the start of a reply longer than it keeps: the
-            # round's stored items, then the rest of the reply (its final message is whole).
-            live_part, stored = retained, rows
-            self.sent_ids = tuple(item["id"] for _, item, row in rows if row.round_number == current)
+        if workflow.status == RUNNING and not live_part:
+            # The feed does not hold the running round's start: not emitted yet, dropped
+            # from a reply longer than the feed keeps, or lost with Redis. Its stored items
+            # come from the database, then what the feed holds of it.
+            live_part, stored = retained[_after_last_end(retained) :], rows
+        # What was sent from the database of the latest rounds may still arrive live.
+        self.sent_ids = tuple(item["id"] for _, item, row in stored if row.round_number >= current)
         synthetic = [
             Event(f"0-{i}", "chatdata", chatdata_category(kind), encode(chatdata(kind, item, item["createdAt"])))
             for i, (kind, item, _) in enumerate(stored, start=1)
@@ -270,10 +271,9 @@ def _replayed_round(rows: list[tuple[str, dict, Message | Log]], skip: int, reta
     return first_unseen if _round_start(retained, first_unseen) < len(retained) else None
 
 
-def _reply_delta(events: list[Event], workflow_id: str, round_number: int) -> bool:
-    """Whether the first of ``events`` is a delta of that round's reply."""
-    reply_id = round_item_id(workflow_id, round_number, "assistant")
-    return bool(events) and events[0].type == "chatdata" and f'"messageId":"{reply_id}"' in events[0].data_json
+def _after_last_end(events: list[Event]) -> int:
+    """Index after the last end of a round in ``events`` (0 if there is none)."""
+    return next((index + 1 for index in range(len(events) - 1, -1, -1) if events[index].type in END_EVENTS), 0)
 
 
 def _round_start(events: list[Event], round_number: int) -> int:

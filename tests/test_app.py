@@ -17,6 +17,7 @@ from app import create_app
 from blueprints import runtime, sse_response
 from events.sse import KEEPALIVE, frame
 from models import Message
+from tasks import workflows
 from tests.servers import BIN, ROOT, free_port
 
 
@@ -89,6 +90,36 @@ async def test_a_client_leaving_mid_start_leaves_a_whole_round(tmp_path, monkeyp
         detail = await until_status(client, workflow_id, "completed")
         assert [(i["item"]["role"], i["item"]["roundNumber"]) for i in detail["items"] if i["type"] == "message"][2:] == [
             ("user", 2), ("assistant", 2)]
+
+
+async def test_a_round_started_as_a_stream_opens_reaches_it_whole(tmp_path, monkeypatch):
+    """The stream reads the feed, then the status (idle), then the stored items; a round
+    started in between is in the items but not sent from them: it must come live, whole."""
+    app = create_app({"database_url": f"sqlite://{tmp_path / 'chat.sqlite3'}", "secret_key": "test",
+                      "demo_reply_tokens": 3, "demo_token_interval_ms": 1})
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        workflow_id = (await (await client.post("/api/chatbot/start", json={"prompt": "one"})).get_json())["workflowId"]
+        await until_status(client, workflow_id, "completed")
+        read_items = workflows.chat_items
+
+        async def items_read_after_a_start(workflow_id: str):
+            monkeypatch.setattr(workflows, "chat_items", read_items)
+            assert (await client.post("/api/chatbot/start", json={"prompt": "two", "workflowId": workflow_id})).status_code == 202
+            return await read_items(workflow_id)
+
+        monkeypatch.setattr(workflows, "chat_items", items_read_after_a_start)
+        async with client.request(f"/api/chatbot/{workflow_id}/stream") as connection:
+            await connection.send_complete()
+            received = (await read_until(connection, b'"roundNumber":2}\n\n')).decode()
+            await connection.disconnect()
+        detail = await until_status(client, workflow_id, "completed")
+        round_two = [i["item"] for i in detail["items"] if i["item"]["roundNumber"] == 2]
+        assert len(round_two) == 5  # the user's message, three logs, the reply
+        for item in round_two:
+            assert received.count(f'"id":"{item["id"]}"') == 1, item
+        reply = round_two[-1]
+        assert received.count(f'"messageId":"{reply["id"]}"') == 3  # its deltas
 
 
 async def until_status(client, workflow_id: str, status: str, timeout: float = 5.0) -> dict:
