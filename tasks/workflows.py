@@ -62,13 +62,13 @@ async def start_round(runtime: Runtime, owner_id: str, prompt: str, workflow_id:
     else:
         workflow = await owned_workflow(owner_id, workflow_id)
         await fail_if_lost(runtime, workflow)
-        next_round = workflow.round_number + 1
+        next_round, now = workflow.round_number + 1, time.time()
         claimed = await Workflow.filter(id=workflow.id, round_number=workflow.round_number).exclude(status=RUNNING).update(
-            status=RUNNING, round_number=next_round, updated_at=time.time()
+            status=RUNNING, round_number=next_round, updated_at=now
         )
         if not claimed:
             raise RoundRunning(workflow.id)
-        workflow.status, workflow.round_number = RUNNING, next_round
+        workflow.status, workflow.round_number, workflow.updated_at = RUNNING, next_round, now
     message = await Message.create(
         id=round_item_id(workflow.id, workflow.round_number, "user"),
         workflow_id=workflow.id,
@@ -90,7 +90,7 @@ async def stop_round(runtime: Runtime, workflow: Workflow) -> str:
     """Ask the running round to stop; the status when answering."""
     if workflow.status == RUNNING:
         await runtime.control.request_stop(workflow.id, workflow.round_number)
-        if not await runtime.control.alive(workflow.id, workflow.round_number):  # no job left to answer
+        if not await _job_alive(runtime, workflow):  # no job left to answer
             await end_round(runtime, workflow.id, workflow.round_number, STOPPED)
         await workflow.refresh_from_db(fields=["status"])
     return workflow.status
@@ -98,9 +98,18 @@ async def stop_round(runtime: Runtime, workflow: Workflow) -> str:
 
 async def fail_if_lost(runtime: Runtime, workflow: Workflow) -> None:
     """A round marked running whose job is gone (its worker died) ends as failed."""
-    if workflow.status == RUNNING and not await runtime.control.alive(workflow.id, workflow.round_number):
+    if workflow.status == RUNNING and not await _job_alive(runtime, workflow):
         if await end_round(runtime, workflow.id, workflow.round_number, FAILED, *WORKER_LOST):
             workflow.status = FAILED
+
+
+async def _job_alive(runtime: Runtime, workflow: Workflow) -> bool:
+    """Whether a running round's job may still answer. One claimed less than a lease ago
+    counts: its start may not have recorded the job it enqueues yet (a second start, a
+    stop or a stream would call it lost), and no job that dies is noticed sooner anyway."""
+    if time.time() - workflow.updated_at < runtime.settings.lease_seconds:
+        return True
+    return await runtime.control.alive(workflow.id, workflow.round_number)
 
 
 async def fail_orphaned_rounds() -> None:

@@ -122,6 +122,34 @@ async def test_a_round_started_as_a_stream_opens_reaches_it_whole(tmp_path, monk
         assert received.count(f'"messageId":"{reply["id"]}"') == 3  # its deltas
 
 
+async def test_a_start_racing_a_start_that_has_claimed_its_round_is_409(tmp_path, monkeypatch):
+    """The first start has claimed round 2 but not yet enqueued its job: the second must
+    not take the round for lost (it failed it and took round 3) but answer 409."""
+    app = create_app({"database_url": f"sqlite://{tmp_path / 'chat.sqlite3'}", "secret_key": "test",
+                      "demo_reply_tokens": 3, "demo_token_interval_ms": 1})
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        workflow_id = (await (await client.post("/api/chatbot/start", json={"prompt": "one"})).get_json())["workflowId"]
+        await until_status(client, workflow_id, "completed")
+        inserting, go_on, create = asyncio.Event(), asyncio.Event(), Message.create
+
+        async def create_when_told(**values):
+            if values.get("content") == "two":  # the first start's message only
+                inserting.set()
+                await go_on.wait()
+            return await create(**values)
+
+        monkeypatch.setattr(Message, "create", create_when_told)
+        first = asyncio.create_task(client.post("/api/chatbot/start", json={"prompt": "two", "workflowId": workflow_id}))
+        await inserting.wait()  # round 2 is claimed
+        second = await client.post("/api/chatbot/start", json={"prompt": "three", "workflowId": workflow_id})
+        go_on.set()
+        assert ((await first).status_code, second.status_code) == (202, 409)
+        detail = await until_status(client, workflow_id, "completed")
+        assert [i["item"]["content"] for i in detail["items"] if i["type"] == "message"][2] == "two"
+        assert detail["workflow"]["roundNumber"] == 2
+
+
 async def until_status(client, workflow_id: str, status: str, timeout: float = 5.0) -> dict:
     async with asyncio.timeout(timeout):
         while (detail := await (await client.get(f"/api/chatbot/{workflow_id}")).get_json())["workflow"]["status"] != status:
