@@ -10,6 +10,7 @@ import logging
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+from events import FeedGap
 from models import COMPLETED, FAILED, RUNNING, STOPPED, Log, Message, create_once, recent_messages, round_item_id
 from tasks.providers import ChatTurn, ProviderError
 from tasks.runtime import Runtime, end_round, publish_item
@@ -47,7 +48,7 @@ async def run_chatbot(ctx: dict, workflow_id: str, round_number: int) -> str:
         await end_round(runtime, workflow_id, round_number, COMPLETED)
         return "completed earlier"
     if ctx.get("job_try", 1) > 1:  # a retry after a worker died mid-reply: its deltas are out
-        await end_round(runtime, workflow_id, round_number, FAILED, *WORKER_LOST)
+        await end_abandoned_round(runtime, workflow_id, round_number)
         return "failed: worker lost"
     stop = asyncio.Event()
     async with runtime.control.running(workflow_id, round_number, stop.set):
@@ -55,6 +56,31 @@ async def run_chatbot(ctx: dict, workflow_id: str, round_number: int) -> str:
         outcome = await _generate(runtime, chat, reply, turns, stop)
         await _finish(runtime, chat, reply, *outcome)
     return outcome[0]
+
+
+async def end_abandoned_round(runtime: Runtime, workflow_id: str, round_number: int, status: str = FAILED) -> bool:
+    """End a round whose job is gone (failed as worker_lost, or stopped), keeping its
+    reply as far as it was sent: the deltas the feed holds become the stored message, so
+    what the user saw survives a reload. Whether this call ended it (see end_round)."""
+    chat = ChatRound(workflow_id, round_number)
+    reply = Reply(round_item_id(workflow_id, round_number, "assistant"))
+    reply.parts = await _sent_pieces(runtime, chat, reply.message_id)
+    if reply.parts:
+        await _store_reply(runtime, chat, reply)
+    return await end_round(runtime, workflow_id, round_number, status, *(WORKER_LOST if status == FAILED else ()))
+
+
+async def _sent_pieces(runtime: Runtime, chat: ChatRound, message_id: str) -> list[str]:
+    """The texts of a reply's deltas in the feed, if it holds every one from the first."""
+    try:
+        events = await runtime.feed.read(chat.workflow_id)
+    except FeedGap:
+        return []
+    mentioned = f'"messageId":"{message_id}"'
+    deltas = [e.data["item"] for e in events if e.type == "chatdata" and mentioned in e.data_json]
+    if [delta["index"] for delta in deltas] != list(range(len(deltas))):
+        return []
+    return [delta["text"] for delta in deltas]
 
 
 async def _generate(runtime: Runtime, chat: ChatRound, reply: Reply, turns: list[ChatTurn], stop: asyncio.Event) -> tuple[str, ...]:

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Iterable
 from events import ORIGIN, Event, FeedGap, category_set, encode, parse_cursor, wanted
 from events.sse import KEEPALIVE, frame
 from models import FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Log, Message, Workflow, chat_items, is_workflow_id, round_item_id
-from tasks.chatbot import WORKER_LOST
+from tasks.chatbot import WORKER_LOST, end_abandoned_round
 from tasks.metrics import EVENTS_SENT, OPEN_STREAMS, ROUNDS_STARTED
-from tasks.runtime import Runtime, chatdata, chatdata_category, end_round, publish_item
+from tasks.runtime import Runtime, chatdata, chatdata_category, publish_item
 
 END_EVENTS = frozenset(ROUND_END_EVENT.values())
 
@@ -91,7 +91,7 @@ async def stop_round(runtime: Runtime, workflow: Workflow) -> str:
     if workflow.status == RUNNING:
         await runtime.control.request_stop(workflow.id, workflow.round_number)
         if not await _job_alive(runtime, workflow):  # no job left to answer
-            await end_round(runtime, workflow.id, workflow.round_number, STOPPED)
+            await end_abandoned_round(runtime, workflow.id, workflow.round_number, STOPPED)
         await workflow.refresh_from_db(fields=["status"])
     return workflow.status
 
@@ -99,7 +99,7 @@ async def stop_round(runtime: Runtime, workflow: Workflow) -> str:
 async def fail_if_lost(runtime: Runtime, workflow: Workflow) -> None:
     """A round marked running whose job is gone (its worker died) ends as failed."""
     if workflow.status == RUNNING and not await _job_alive(runtime, workflow):
-        if await end_round(runtime, workflow.id, workflow.round_number, FAILED, *WORKER_LOST):
+        if await end_abandoned_round(runtime, workflow.id, workflow.round_number):
             workflow.status = FAILED
 
 

@@ -51,7 +51,7 @@ async def test_a_client_dropping_mid_reply_loses_nothing_stored(client, server):
     assert [i["item"]["role"] for i in detail["items"] if i["type"] == "message"] == ["user", "assistant"]
 
 
-async def test_a_worker_killed_mid_reply_ends_the_round_with_an_error(client, server):
+async def test_a_worker_killed_mid_reply_ends_the_round_with_an_error_keeping_the_text_sent(client, server):
     if server.mode != "redis":
         pytest.skip("workers are separate processes in Redis mode only")
     started = await start(client, "this worker will die")
@@ -65,12 +65,35 @@ async def test_a_worker_killed_mid_reply_ends_the_round_with_an_error(client, se
         server.start_worker()
         server.start_worker()
     assert rest[-1].event == "error" and rest[-1].data["code"] == "worker_lost"
+    events = head + rest
+    reply = assistant_message(events)  # what was sent, stored and sent as the reply, before the error
+    assert reply["content"] and reply_text(events, reply["id"]) == reply["content"]
     detail = (await client.get(f"/api/chatbot/{started['workflowId']}")).json()
     assert detail["workflow"]["status"] == "failed"
     assert detail["workflow"]["error"]["code"] == "worker_lost"
-    assert [i["item"]["role"] for i in detail["items"] if i["type"] == "message"] == ["user"]
+    assert [i["item"] for i in detail["items"] if i["type"] == "message"][1] == reply
     _, events = await run_round(client, "and again", started["workflowId"])  # the conversation goes on
     assert events[-1].event == "complete"
+
+
+async def test_stopping_a_round_whose_worker_died_keeps_the_text_sent(client, server):
+    if server.mode != "redis":
+        pytest.skip("workers are separate processes in Redis mode only")
+    started = await start(client, "this worker will die before the stop")
+    head = await read_stream(client, started["streamUrl"], limit=6)
+    for worker in list(server.workers):
+        server.kill_worker(worker)
+    try:
+        await asyncio.sleep(2.5)  # past the lease (LEASE_SECONDS=2): no job is left to answer
+        stop = await client.post(f"/api/chatbot/{started['workflowId']}/stop")
+        rest = await read_stream(client, started["streamUrl"], last_event_id=head[-1].id)
+    finally:
+        server.start_worker()
+        server.start_worker()
+    assert stop.json()["status"] == "stopped" and rest[-1].event == "stopped"
+    events = head + rest
+    reply = assistant_message(events)
+    assert reply["content"] and reply_text(events, reply["id"]) == reply["content"]
 
 
 async def test_a_running_chat_job_is_no_longer_in_the_queue(client, server):
