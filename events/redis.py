@@ -177,6 +177,8 @@ class RedisFeed(EventFeed):
             await asyncio.gather(self._reader_task, return_exceptions=True)
         try:
             await self.redis.execute("DEL", self.wake_key)
+        except (ConnectionError, TimeoutError, OSError):  # Redis away: shut down all the same
+            log.warning("event feed could not delete %s on closing", self.wake_key)
         finally:
             await self.reader.disconnect()
             if self._owns_redis:

@@ -128,8 +128,13 @@ async def _stream(runtime: Runtime, chat: ChatRound, reply: Reply, turns: list[C
             delta = {"messageId": reply.message_id, "index": len(reply.parts), "text": piece}
             reply.parts.append(piece)
             # A stop may cancel this await; the delta is already in the feed's hands (see
-            # EventFeed.emit), so sent deltas and the stored text still agree.
-            await publish_item(runtime, "delta", delta, chat.workflow_id)
+            # EventFeed.emit), so sent deltas and the stored text still agree. A feed that
+            # failed to take it (Redis away) did not send it: the stored text leaves it out.
+            try:
+                await publish_item(runtime, "delta", delta, chat.workflow_id)
+            except Exception:
+                reply.parts.pop()
+                raise
 
 
 async def _finish(runtime: Runtime, chat: ChatRound, reply: Reply, status: str, *error: str) -> None:

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 
 from arq.connections import RedisSettings
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError, TimeoutError
 
 from config import Settings
 from models.db import close_db, open_db
@@ -13,6 +17,7 @@ from tasks.control import RedisControl
 from tasks.runtime import Runtime
 
 _settings = Settings.from_env()
+REDIS_RETRIES = 20  # backoff capped at 1 s: ≈ 15 s of outage
 
 try:  # arq makes its loop after loading these settings: make it uvloop's where installed
     import uvloop
@@ -51,7 +56,13 @@ class WorkerSettings:
     on_startup = startup
     on_job_start = leave_queue
     on_shutdown = shutdown
-    redis_settings = RedisSettings.from_dsn(_settings.redis_url or "redis://localhost:6379")
+    # arq's own commands (its poll, the job's pickup, its result) wait out a Redis restart
+    # instead of ending the worker: its poll loop dies on the first failed command.
+    redis_settings = replace(
+        RedisSettings.from_dsn(_settings.redis_url or "redis://localhost:6379"),
+        retry_on_error=[ConnectionError, TimeoutError, OSError],  # OSError: a refused connect, while Redis is down
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), REDIS_RETRIES),
+    )
     queue_name = _settings.queue_name
     max_jobs = _settings.worker_max_jobs
     poll_delay = 0.01  # arq's 0.5 s default would come before every first token

@@ -60,9 +60,9 @@ def redis_server_binary() -> str:
 
 
 @contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    """A throwaway Redis of our own, on a free port, keeping nothing on disk."""
-    port = free_port()
+def redis_server(port: int | None = None) -> Iterator[str]:
+    """A throwaway Redis of our own, on a free port unless given, keeping nothing on disk."""
+    port = port or free_port()
     proc = subprocess.Popen(
         [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,

@@ -1,5 +1,5 @@
-"""The chatbot job run twice (a worker died, arq retried it): nothing stored twice, and the
-round always ends."""
+"""The chatbot job run twice (a worker died, arq retried it) or with its feed failing under
+it: nothing stored twice, the stored text is the text sent, and the round always ends."""
 from __future__ import annotations
 
 import asyncio
@@ -104,3 +104,22 @@ async def test_rounds_left_running_by_a_dead_embedded_process_fail_with_a_reason
 
 async def event_log(runtime: Runtime, workflow: Workflow) -> list[str]:
     return [e.data_json for e in await runtime.feed.read(workflow.id, ORIGIN)]
+
+
+async def test_a_delta_the_feed_failed_to_take_is_not_in_the_stored_reply(runtime, monkeypatch):
+    """Redis away mid-reply: the round fails, and its stored text is what was sent."""
+    workflow = await running_round()
+    emit, deltas = runtime.feed.emit, []
+
+    async def emit_failing_the_third_delta(context_id, event_type, data, category="default"):
+        if data.get("type") == "delta":
+            deltas.append(data)
+            if len(deltas) == 3:
+                raise ConnectionError("the feed is away")
+        return await emit(context_id, event_type, data, category)
+
+    monkeypatch.setattr(runtime.feed, "emit", emit_failing_the_third_delta)
+    assert await run_chatbot({"runtime": runtime, "job_try": 1}, workflow.id, 1) == FAILED
+    sent = [e.data["item"]["text"] for e in await runtime.feed.read(workflow.id, ORIGIN) if e.data.get("type") == "delta"]
+    [reply] = await Message.filter(workflow_id=workflow.id, role="assistant")
+    assert len(sent) == 2 and reply.content == "".join(sent)

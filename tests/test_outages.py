@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from urllib.parse import urlparse
 
 import asyncpg
 import pytest
@@ -12,6 +13,7 @@ import redis
 
 from app import create_app
 from tests.servers import postgres_database, redis_server, start_stack
+from tests.test_contract import run_round
 
 
 async def readiness(stack) -> tuple[int, dict]:
@@ -51,6 +53,25 @@ async def test_readyz_is_503_while_the_feed_is_down(stack_on_own_redis):
     assert checks["database"] == "ok" and checks["feed"].startswith("unavailable")
     async with stack.client() as client:
         assert (await client.get("/healthz")).status_code == 200  # alive, just not ready
+
+
+async def test_rounds_run_again_once_a_restarted_redis_is_back():
+    """Web process and workers ride out Redis going away: arq's poll loop, left to itself,
+    ends on the first failed command and leaves the worker without a loop."""
+    with contextlib.ExitStack() as servers:
+        url = servers.enter_context(redis_server())
+        restarted = servers.enter_context(contextlib.ExitStack())  # outlives the stack, which stops first
+        stack = servers.enter_context(start_stack("redis", redis_url=url))
+        async with stack.client() as client:
+            await run_round(client, "before")
+            with contextlib.suppress(redis.ConnectionError):
+                redis.Redis.from_url(url).shutdown(nosave=True)
+            await asyncio.sleep(1.5)  # every process has hit the closed port by now
+            restarted.enter_context(redis_server(port=urlparse(url).port))
+            await wait_readiness(stack, 200)
+            _, events = await run_round(client, "after")
+            assert events[-1].event == "complete"
+            assert all(worker.poll() is None for worker in stack.workers)
 
 
 async def test_readyz_is_503_while_the_database_is_down(stack_on_own_postgres, postgres_admin_url):
