@@ -64,16 +64,16 @@ async def end_abandoned_round(runtime: Runtime, workflow_id: str, round_number: 
     what the user saw survives a reload. Whether this call ended it (see end_round)."""
     chat = ChatRound(workflow_id, round_number)
     reply = Reply(round_item_id(workflow_id, round_number, "assistant"))
-    reply.parts = await _sent_pieces(runtime, chat, reply.message_id)
+    reply.parts = await _sent_pieces(runtime, workflow_id, reply.message_id)
     if reply.parts:
         await _store_reply(runtime, chat, reply)
     return await end_round(runtime, workflow_id, round_number, status, *(WORKER_LOST if status == FAILED else ()))
 
 
-async def _sent_pieces(runtime: Runtime, chat: ChatRound, message_id: str) -> list[str]:
+async def _sent_pieces(runtime: Runtime, workflow_id: str, message_id: str) -> list[str]:
     """The texts of a reply's deltas in the feed, if it holds every one from the first."""
     try:
-        events = await runtime.feed.read(chat.workflow_id)
+        events = await runtime.feed.read(workflow_id)
     except FeedGap:
         return []
     mentioned = f'"messageId":"{message_id}"'
