@@ -3,13 +3,16 @@ in process and under Hypercorn, and SSE responses sent after Quart has finished 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import os
 import subprocess
 import weakref
+from collections.abc import AsyncIterator
 
 import pytest
+import quart.typing
 from quart import Blueprint, Quart, request
 from quart.testing.app import LifespanError
 
@@ -66,20 +69,8 @@ async def test_a_client_leaving_mid_start_leaves_a_whole_round(tmp_path, monkeyp
     """Quart cancels a request's handler when its client leaves. A start cut after it has
     claimed the round would leave it running with no message and no job. (The message's
     insert is held until the client has gone, to leave at that exact point.)"""
-    app = create_app({"database_url": f"sqlite://{tmp_path / 'chat.sqlite3'}", "secret_key": "test",
-                      "demo_reply_tokens": 3, "demo_token_interval_ms": 1})
-    async with app.test_app() as test_app:
-        client = test_app.test_client()
-        workflow_id = (await (await client.post("/api/chatbot/start", json={"prompt": "one"})).get_json())["workflowId"]
-        await until_status(client, workflow_id, "completed")
-        inserting, left, create = asyncio.Event(), asyncio.Event(), Message.create
-
-        async def create_once_the_client_has_left(**values):
-            inserting.set()
-            await left.wait()
-            return await create(**values)
-
-        monkeypatch.setattr(Message, "create", create_once_the_client_has_left)
+    async with app_after_one_round(tmp_path) as (client, workflow_id):
+        inserting, left = hold_message_insert(monkeypatch, "two")
         async with client.request("/api/chatbot/start", method="POST", headers={"Content-Type": "application/json"}) as connection:
             await connection.send(json.dumps({"prompt": "two", "workflowId": workflow_id}).encode())
             await connection.send_complete()
@@ -95,12 +86,7 @@ async def test_a_client_leaving_mid_start_leaves_a_whole_round(tmp_path, monkeyp
 async def test_a_round_started_as_a_stream_opens_reaches_it_whole(tmp_path, monkeypatch):
     """The stream reads the feed, then the status (idle), then the stored items; a round
     started in between is in the items but not sent from them: it must come live, whole."""
-    app = create_app({"database_url": f"sqlite://{tmp_path / 'chat.sqlite3'}", "secret_key": "test",
-                      "demo_reply_tokens": 3, "demo_token_interval_ms": 1})
-    async with app.test_app() as test_app:
-        client = test_app.test_client()
-        workflow_id = (await (await client.post("/api/chatbot/start", json={"prompt": "one"})).get_json())["workflowId"]
-        await until_status(client, workflow_id, "completed")
+    async with app_after_one_round(tmp_path) as (client, workflow_id):
         read_items = workflows.chat_items
 
         async def items_read_after_a_start(workflow_id: str):
@@ -125,21 +111,8 @@ async def test_a_round_started_as_a_stream_opens_reaches_it_whole(tmp_path, monk
 async def test_a_start_racing_a_start_that_has_claimed_its_round_is_409(tmp_path, monkeypatch):
     """The first start has claimed round 2 but not yet enqueued its job: the second must
     not take the round for lost (it failed it and took round 3) but answer 409."""
-    app = create_app({"database_url": f"sqlite://{tmp_path / 'chat.sqlite3'}", "secret_key": "test",
-                      "demo_reply_tokens": 3, "demo_token_interval_ms": 1})
-    async with app.test_app() as test_app:
-        client = test_app.test_client()
-        workflow_id = (await (await client.post("/api/chatbot/start", json={"prompt": "one"})).get_json())["workflowId"]
-        await until_status(client, workflow_id, "completed")
-        inserting, go_on, create = asyncio.Event(), asyncio.Event(), Message.create
-
-        async def create_when_told(**values):
-            if values.get("content") == "two":  # the first start's message only
-                inserting.set()
-                await go_on.wait()
-            return await create(**values)
-
-        monkeypatch.setattr(Message, "create", create_when_told)
+    async with app_after_one_round(tmp_path) as (client, workflow_id):
+        inserting, go_on = hold_message_insert(monkeypatch, "two")  # the first start's message only
         first = asyncio.create_task(client.post("/api/chatbot/start", json={"prompt": "two", "workflowId": workflow_id}))
         await inserting.wait()  # round 2 is claimed
         second = await client.post("/api/chatbot/start", json={"prompt": "three", "workflowId": workflow_id})
@@ -148,6 +121,34 @@ async def test_a_start_racing_a_start_that_has_claimed_its_round_is_409(tmp_path
         detail = await until_status(client, workflow_id, "completed")
         assert [i["item"]["content"] for i in detail["items"] if i["type"] == "message"][2] == "two"
         assert detail["workflow"]["roundNumber"] == 2
+
+
+@contextlib.asynccontextmanager
+async def app_after_one_round(tmp_path) -> AsyncIterator[tuple[quart.typing.TestClientProtocol, str]]:
+    """An embedded app with fast demo replies, its test client, and a conversation whose
+    first round has completed."""
+    app = create_app({"database_url": f"sqlite://{tmp_path / 'chat.sqlite3'}", "secret_key": "test",
+                      "demo_reply_tokens": 3, "demo_token_interval_ms": 1})
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        workflow_id = (await (await client.post("/api/chatbot/start", json={"prompt": "one"})).get_json())["workflowId"]
+        await until_status(client, workflow_id, "completed")
+        yield client, workflow_id
+
+
+def hold_message_insert(monkeypatch, content: str) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold the insert of the message with this content: set when it starts, and the
+    event to set to let it go on."""
+    inserting, go_on, create = asyncio.Event(), asyncio.Event(), Message.create
+
+    async def create_when_told(**values):
+        if values.get("content") == content:
+            inserting.set()
+            await go_on.wait()
+        return await create(**values)
+
+    monkeypatch.setattr(Message, "create", create_when_told)
+    return inserting, go_on
 
 
 async def until_status(client, workflow_id: str, status: str, timeout: float = 5.0) -> dict:
