@@ -1,6 +1,7 @@
 """All configuration, read from the environment in one place (names in API.md, "Running")."""
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from dataclasses import dataclass, fields, replace
@@ -48,6 +49,12 @@ class Settings:
     queue_name: str = "arq:queue"
     key_prefix: str = "chat:"
 
+    def __post_init__(self) -> None:
+        for name, floor in _FLOORS.items():
+            value = getattr(self, name)
+            if not (math.isfinite(value) and (value > 0 if floor == "positive" else value >= 0)):
+                raise ValueError(f"{name.upper()}={value!r} is not a {floor} number")
+
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
         env = {f.name: os.environ[f.name.upper()] for f in fields(cls) if f.name.upper() in os.environ}
@@ -58,6 +65,17 @@ class Settings:
         if (path := sqlite_path(settings.database_url)) is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         return settings
+
+
+# The numbers that have a floor. A keepalive of 0 s, say, would send keepalives in a loop.
+_FLOORS = {
+    **dict.fromkeys(
+        ("keepalive_seconds", "openai_first_token_timeout", "openai_stall_timeout", "demo_reply_tokens", "max_prompt_chars",
+         "feed_retention_seconds", "feed_max_events", "job_timeout_seconds", "worker_max_jobs", "lease_seconds"),
+        "positive",
+    ),
+    **dict.fromkeys(("history_max_chars", "openai_max_retries", "openai_retry_backoff", "demo_token_interval_ms"), "non-negative"),
+}
 
 
 def sqlite_path(database_url: str) -> Path | None:

@@ -54,6 +54,7 @@ class Reply:
     bad_chunk: str = "{not json"  # "{key}" becomes the key the client sent
     interval: float = 0.0  # seconds to wait before each piece (a slow model)
     usage: bool = True  # send the usage chunk when the client asks for it
+    ignore_stream: bool = False  # answer with a whole completion even when a stream is asked for
 
 
 @dataclass
@@ -210,7 +211,7 @@ class FakeOpenAI:
         if model not in self.models:
             message = f"The model `{model}` does not exist or you do not have access to it."
             return await exchange.error(404, message, code="model_not_found")
-        if not body.get("stream"):
+        if not body.get("stream") or reply.ignore_stream:
             return await exchange.completion(reply, model)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return await exchange.stream(reply, model, include_usage)

@@ -198,6 +198,33 @@ async def test_no_usage_from_the_server_is_fine(provider: OpenAIProvider, fake_o
     assert reports == []
 
 
+@pytest.mark.asyncio
+async def test_incomplete_usage_is_reported_as_it_is_and_fails_nothing(provider: OpenAIProvider, fake_openai: FakeOpenAI) -> None:
+    partial = ('{"id":"c","object":"chat.completion.chunk","created":0,"model":"fake-model","choices":[],'
+               '"usage":{"prompt_tokens":3,"completion_tokens":7}}')
+    fake_openai.default = Reply(usage=False, bad_chunk_after=len(DEFAULT_PIECES), bad_chunk=partial)
+    reports: list[dict] = []
+
+    async def on_usage(usage: dict) -> None:
+        reports.append(usage)
+
+    assert "".join(await collect(provider, on_usage=on_usage)) == "".join(DEFAULT_PIECES)
+    assert reports == [{"prompt_tokens": 3, "completion_tokens": 7}]
+    garbled = partial.replace('"prompt_tokens":3', '"prompt_tokens":"many"')
+    fake_openai.default = Reply(usage=False, bad_chunk_after=len(DEFAULT_PIECES), bad_chunk=garbled)
+    assert "".join(await collect(provider, on_usage=on_usage)) == "".join(DEFAULT_PIECES)
+    assert reports[-1] == {"completion_tokens": 7}
+
+
+@pytest.mark.asyncio
+async def test_a_server_that_ignores_stream_true_is_a_bad_response(provider: OpenAIProvider, fake_openai: FakeOpenAI) -> None:
+    """A whole completion as JSON, not an event stream: the client reads no chunk from it,
+    and the round would end as complete with an empty reply."""
+    fake_openai.default = Reply(ignore_stream=True)
+    error = await fail(provider)
+    assert error.code == "model_bad_response" and "event stream" in error.message
+
+
 # -- HTTP errors ------------------------------------------------------------------------------
 
 
@@ -386,8 +413,7 @@ async def test_slow_but_steady_is_no_stall(fake_openai: FakeOpenAI) -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("bad", ['{"choices": [{"delta": {"content": "x"', "[1, 2]", '"text"', '{"choices": "nope"}',
-                                 '{"choices": [{"index": 0, "delta": {"content": 42}}]}', '{"choices": ["x"]}',
-                                 '{"id": "c", "choices": [], "usage": {"prompt_tokens": "many"}}'])
+                                 '{"choices": [{"index": 0, "delta": {"content": 42}}]}', '{"choices": ["x"]}'])
 async def test_malformed_chunk_mid_stream(provider: OpenAIProvider, fake_openai: FakeOpenAI, bad: str) -> None:
     # A long, slow reply: the server must see the connection close, not finish the reply.
     fake_openai.script(Reply(pieces=DEFAULT_PIECES[:2] + ("tok",) * 500, interval=0.005, bad_chunk_after=2, bad_chunk=bad))

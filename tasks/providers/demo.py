@@ -18,7 +18,7 @@ class DemoProvider:
     name = "demo"
 
     def __init__(self, settings: Settings) -> None:
-        self.tokens = max(1, settings.demo_reply_tokens)
+        self.tokens = settings.demo_reply_tokens
         self.interval = settings.demo_token_interval_ms / 1000
 
     def reply_tokens(self, prompt: str) -> list[str]:

@@ -75,12 +75,11 @@ def _read_chunk(chunk: Any) -> tuple[str, dict[str, int] | None]:
             raise _BadChunk(f"expected a choice with a text delta, got {str(choice)[:100]!r}")
         if getattr(choice, "index", None) in (0, None):  # other indexes: candidates (n > 1) not asked for
             text += content or ""
-    if usage is None:
-        return text, None
-    counts = {k: getattr(usage, k, None) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
-    if not all(isinstance(v, int) for v in counts.values()):
-        raise _BadChunk(f"expected token counts in the usage, got {str(usage)[:100]!r}")
-    return text, counts
+    # Usage is for the record: counts a server leaves out (or garbles) are left out, and a
+    # reply that streamed whole is not failed over them.
+    names = ("prompt_tokens", "completion_tokens", "total_tokens")
+    counts = {name: count for name in names if isinstance(count := getattr(usage, name, None), int)}
+    return text, counts or None
 
 
 class OpenAIProvider:
@@ -92,7 +91,7 @@ class OpenAIProvider:
         self.history_max_chars = settings.history_max_chars
         self.first_token_timeout = settings.openai_first_token_timeout
         self.stall_timeout = settings.openai_stall_timeout
-        self.max_retries = max(0, settings.openai_max_retries)
+        self.max_retries = settings.openai_max_retries
         self.retry_backoff = settings.openai_retry_backoff
         self._api_key = settings.openai_api_key or ""
         # One client, so one connection pool, per provider (the worker makes one per
@@ -157,6 +156,9 @@ class OpenAIProvider:
             # Closing the stream closes the HTTP response, so on a stop (cancellation) or
             # any failure the upstream connection is dropped at once and the server stops.
             async with stream:
+                kind = stream.response.headers.get("content-type", "nothing")
+                if not kind.startswith("text/event-stream"):  # e.g. a whole completion: stream ignored
+                    raise _BadChunk(f"expected an event stream, got {kind[:60]}")
                 while True:
                     async with self._deadline(deadline, got_text):
                         try:
@@ -165,10 +167,7 @@ class OpenAIProvider:
                             return
                     text, usage = _read_chunk(chunk)
                     if usage is not None:
-                        log.info(
-                            "model usage: model=%s prompt_tokens=%d completion_tokens=%d total_tokens=%d",
-                            self.model, usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"],
-                        )
+                        log.info("model usage: model=%s %s", self.model, " ".join(f"{k}={v}" for k, v in usage.items()))
                         if on_usage is not None:
                             await on_usage(usage)
                     if text:
