@@ -40,6 +40,8 @@ const CONN_LABELS = {
 };
 const WATCHDOG_MS = 2500;
 const QUIET_MS = 5000;
+const ELSEWHERE_FIRST_MS = 2000; // re-reading the list while another conversation replies
+const ELSEWHERE_MAX_MS = 30000;
 const narrow = window.matchMedia('(max-width: 800px)');
 
 const state = {
@@ -51,6 +53,7 @@ const state = {
   selectSeq: 0,
   stickToBottom: true,
   listTimer: null,
+  elsewhereDelay: ELSEWHERE_FIRST_MS,
   lastStatusCheck: 0,
 };
 
@@ -299,13 +302,27 @@ function setUrl(workflowId, mode) {
 async function refreshList() {
   try {
     const data = await api.listWorkflows();
-    sidebar.set(data?.workflows || []);
+    const workflows = data?.workflows || [];
+    sidebar.set(workflows);
     sidebar.select(state.workflowId);
     updateTitle();
+    watchRepliesElsewhere(workflows);
     return true;
   } catch {
     return false;
   }
+}
+
+/** The open conversation's events refresh the list; a conversation replying while another
+ *  is open has no stream here, so the list is read again until it ends (less and less often:
+ *  a round whose worker died stays "replying" until something asks about it). */
+function watchRepliesElsewhere(workflows) {
+  if (!workflows.some((w) => w.status === 'running' && String(w.id) !== String(state.workflowId))) {
+    state.elsewhereDelay = ELSEWHERE_FIRST_MS;
+    return;
+  }
+  scheduleListRefresh(state.elsewhereDelay);
+  state.elsewhereDelay = Math.min(state.elsewhereDelay * 2, ELSEWHERE_MAX_MS);
 }
 
 function scheduleListRefresh(delay = 300) {

@@ -622,6 +622,17 @@ async def test_model_failures_are_shown_with_retry(browser, model_server, fake_m
 # ---- conversations and the URL -----------------------------------------------------------------
 
 
+async def test_the_list_follows_a_conversation_that_replies_while_another_is_open(slow_context):
+    page = await open_app(slow_context)
+    await send(page, "a long one")
+    first = await wait_for_workflow_id(page)
+    await page.wait_for_selector(".msg-assistant.streaming")
+    await page.get_by_role("button", name="New chat").click()
+    entry = page.locator(f'#conversations a[data-id="{first}"]')
+    await expect(entry).to_contain_text("replying")
+    await expect(entry).not_to_contain_text("replying", timeout=LONG)  # it ends while nothing of it is open
+
+
 async def test_conversation_list_and_url_across_reloads(context):
     page = await open_app(context)
     await expect(page.locator("#conversations li")).to_have_count(0)
