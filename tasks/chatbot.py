@@ -62,12 +62,9 @@ async def end_abandoned_round(runtime: Runtime, workflow_id: str, round_number: 
     """End a round whose job is gone (failed as worker_lost, or stopped), keeping its
     reply as far as it was sent: the deltas the feed holds become the stored message, so
     what the user saw survives a reload. Whether this call ended it (see end_round)."""
-    chat = ChatRound(workflow_id, round_number)
     reply = Reply(round_item_id(workflow_id, round_number, "assistant"))
     reply.parts = await _sent_pieces(runtime, workflow_id, reply.message_id)
-    if reply.parts:
-        await _store_reply(runtime, chat, reply)
-    return await end_round(runtime, workflow_id, round_number, status, *(WORKER_LOST if status == FAILED else ()))
+    return await _finish(runtime, ChatRound(workflow_id, round_number), reply, status, *(WORKER_LOST if status == FAILED else ()))
 
 
 async def _sent_pieces(runtime: Runtime, workflow_id: str, message_id: str) -> list[str]:
@@ -137,11 +134,12 @@ async def _stream(runtime: Runtime, chat: ChatRound, reply: Reply, turns: list[C
                 raise
 
 
-async def _finish(runtime: Runtime, chat: ChatRound, reply: Reply, status: str, *error: str) -> None:
-    """Store what was generated (sent deltas must join to a stored message), end the round."""
+async def _finish(runtime: Runtime, chat: ChatRound, reply: Reply, status: str, *error: str) -> bool:
+    """Store what was generated (sent deltas must join to a stored message), end the round;
+    whether this call ended it (see end_round)."""
     if reply.parts or status == COMPLETED:
         await _store_reply(runtime, chat, reply)
-    await end_round(runtime, chat.workflow_id, chat.number, status, *error)
+    return await end_round(runtime, chat.workflow_id, chat.number, status, *error)
 
 
 async def _store_reply(runtime: Runtime, chat: ChatRound, reply: Reply) -> None:

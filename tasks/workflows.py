@@ -247,9 +247,8 @@ class _Stream:
             if event.type in END_EVENTS and event.data.get("roundNumber", 0) >= self.closing_round:
                 done = True
                 break
-            # Decoding every delta would cost more than the rest of this loop: look first.
-            if live and event.type == "chatdata" and '"role":"user"' in event.data_json:
-                self.running_round = max(self.running_round, event.data["item"]["roundNumber"])
+            if live and (started := _user_message_round(event)):
+                self.running_round = max(self.running_round, started)
         EVENTS_SENT.inc(len(out))
         return "".join(out), done
 
@@ -288,12 +287,18 @@ def _after_last_end(events: list[Event]) -> int:
 def _round_start(events: list[Event], round_number: int) -> int:
     """Index of the round's user message in the retained events (len if not there yet)."""
     for index in range(len(events) - 1, -1, -1):
-        event = events[index]
-        if event.type == "chatdata" and event.data["type"] == "message":
-            item = event.data["item"]
-            if item["role"] == "user" and item["roundNumber"] == round_number:
-                return index
+        if _user_message_round(events[index]) == round_number:
+            return index
     return len(events)
+
+
+def _user_message_round(event: Event) -> int | None:
+    """The round a user's message event starts; None for any other event. Decoding every
+    delta would cost more than the loops that ask: the text is looked at first."""
+    if event.type != "chatdata" or '"role":"user"' not in event.data_json:
+        return None
+    data = event.data
+    return data["item"]["roundNumber"] if data["type"] == "message" and data["item"]["role"] == "user" else None
 
 
 def _position(cursor: str | None) -> tuple[int, int] | None:
