@@ -50,6 +50,7 @@ class Reply:
     hang_before_headers: bool = False  # read the request, then send nothing at all
     hang_after: int | None = None  # stop sending (keep the connection open)
     drop_after: int | None = None  # cut the connection mid-body
+    end_after: int | None = None  # end the body cleanly there: no finish_reason, no [DONE]
     bad_chunk_after: int | None = None  # send ``data: <bad_chunk>`` there (then go on)
     bad_chunk: str = "{not json"  # "{key}" becomes the key the client sent
     interval: float = 0.0  # seconds to wait before each piece (a slow model)
@@ -312,6 +313,8 @@ class _Exchange:
                 return False
             if reply.drop_after == index:
                 return False  # the caller aborts the connection: an incomplete chunked body
+            if reply.end_after == index:
+                return await self.write(b"0\r\n\r\n")
             if index == len(reply.pieces):
                 break
             if reply.interval and await self.wait(reply.interval):

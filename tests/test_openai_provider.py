@@ -413,7 +413,8 @@ async def test_slow_but_steady_is_no_stall(fake_openai: FakeOpenAI) -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("bad", ['{"choices": [{"delta": {"content": "x"', "[1, 2]", '"text"', '{"choices": "nope"}',
-                                 '{"choices": [{"index": 0, "delta": {"content": 42}}]}', '{"choices": ["x"]}'])
+                                 '{"choices": [{"index": 0, "delta": {"content": 42}}]}', '{"choices": ["x"]}',
+                                 '{"choices": [{"index": 0, "delta": "x"}]}'])
 async def test_malformed_chunk_mid_stream(provider: OpenAIProvider, fake_openai: FakeOpenAI, bad: str) -> None:
     # A long, slow reply: the server must see the connection close, not finish the reply.
     fake_openai.script(Reply(pieces=DEFAULT_PIECES[:2] + ("tok",) * 500, interval=0.005, bad_chunk_after=2, bad_chunk=bad))
@@ -423,6 +424,21 @@ async def test_malformed_chunk_mid_stream(provider: OpenAIProvider, fake_openai:
     assert error.code == "model_bad_response"
     assert len(fake_openai.chat_requests) == 1
     await fake_openai.wait_for(lambda: fake_openai.chat_requests[0].disconnected, timeout=1)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("after", [0, 2])
+async def test_a_stream_that_ends_before_the_reply_is_a_bad_response(
+    provider: OpenAIProvider, fake_openai: FakeOpenAI, after: int
+) -> None:
+    # The body ends cleanly (a proxy or a server cut short) with no finish_reason: what came
+    # is not the whole reply, and must not be stored as if it were.
+    fake_openai.script(Reply(end_after=after))
+    got: list[str] = []
+    error = await fail(provider, got)
+    assert got == list(DEFAULT_PIECES[:after])
+    assert error.code == "model_bad_response" and "before the reply was finished" in error.message
+    assert len(fake_openai.chat_requests) == 1
 
 
 @pytest.mark.asyncio

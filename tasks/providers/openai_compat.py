@@ -57,8 +57,9 @@ class _BadChunk(Exception):
     """A streamed chunk that is not shaped like a chat-completion chunk."""
 
 
-def _read_chunk(chunk: Any) -> tuple[str, dict[str, int] | None]:
-    """The text and the usage (if any) carried by one streamed chunk.
+def _read_chunk(chunk: Any) -> tuple[str, bool, dict[str, int] | None]:
+    """The text, whether the reply ends here (a ``finish_reason``) and the usage (if any)
+    carried by one streamed chunk.
 
     The client builds chunks without validation, so whatever JSON a server sends arrives
     here; only the fields we use are checked, leniently enough for compatible servers.
@@ -67,19 +68,24 @@ def _read_chunk(chunk: Any) -> tuple[str, dict[str, int] | None]:
     usage = getattr(chunk, "usage", None)
     if not isinstance(choices, list) and not (choices is None and usage is not None):
         raise _BadChunk(f"expected a chat.completion.chunk, got {str(chunk)[:100]!r}")
-    text = ""
+    text, finished = "", False
     for choice in choices or []:
         delta = getattr(choice, "delta", None)
         content = getattr(delta, "content", None)
-        if not isinstance(choice, openai.BaseModel) or not isinstance(content, (str, type(None))):
+        if (
+            not isinstance(choice, openai.BaseModel)
+            or not isinstance(delta, (openai.BaseModel, type(None)))
+            or not isinstance(content, (str, type(None)))
+        ):
             raise _BadChunk(f"expected a choice with a text delta, got {str(choice)[:100]!r}")
         if getattr(choice, "index", None) in (0, None):  # other indexes: candidates (n > 1) not asked for
             text += content or ""
+            finished = finished or getattr(choice, "finish_reason", None) is not None
     # Usage is for the record: counts a server leaves out (or garbles) are left out, and a
     # reply that streamed whole is not failed over them.
     names = ("prompt_tokens", "completion_tokens", "total_tokens")
     counts = {name: count for name in names if isinstance(count := getattr(usage, name, None), int)}
-    return text, counts or None
+    return text, finished, counts or None
 
 
 class OpenAIProvider:
@@ -144,7 +150,7 @@ class OpenAIProvider:
         # Until the first text, one deadline covers connecting, the response headers and
         # any chunks without text (role, reasoning); after it, each chunk has its own.
         deadline = loop.time() + self.first_token_timeout
-        got_text = False
+        got_text = finished = False
         try:
             async with self._deadline(deadline, got_text):
                 stream = await self.client.chat.completions.create(
@@ -164,8 +170,9 @@ class OpenAIProvider:
                         try:
                             chunk = await anext(stream)
                         except StopAsyncIteration:
-                            return
-                    text, usage = _read_chunk(chunk)
+                            break
+                    text, ends, usage = _read_chunk(chunk)
+                    finished = finished or ends
                     if usage is not None:
                         log.info("model usage: model=%s %s", self.model, " ".join(f"{k}={v}" for k, v in usage.items()))
                         if on_usage is not None:
@@ -175,6 +182,9 @@ class OpenAIProvider:
                         yield text
                     if got_text:  # (after the yield: our consumer's time is no stall)
                         deadline = loop.time() + self.stall_timeout
+            if not finished:  # a body that ended cleanly mid-reply (a proxy, a crashed server)
+                message = f"the model server at {self.base_url} ended the stream before the reply was finished (no finish_reason)"
+                raise ProviderError("model_bad_response", message)
         except (_BadChunk, json.JSONDecodeError, UnicodeDecodeError, openai.APIResponseValidationError) as error:
             raise ProviderError(
                 "model_bad_response", self._scrub(f"the model server sent a malformed stream chunk: {error}")
