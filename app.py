@@ -54,9 +54,10 @@ def _lifespan(app: Quart, settings: Settings) -> None:
             embedded = settings.redis_url is None
             if embedded:
                 await opened.enter_async_context(serving_alone(settings.database_url))
-                await fail_orphaned_rounds()
             runtime = app.extensions["chat_runtime"] = await Runtime.open(settings, runs_jobs=embedded)
             opened.push_async_callback(runtime.close)
+            if embedded:
+                await fail_orphaned_rounds(runtime)
             gc_thresholds = _collect_for_long_lived_streams()
             yield
             gc.set_threshold(*gc_thresholds)

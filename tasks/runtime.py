@@ -15,7 +15,7 @@ from arq.utils import timestamp_ms
 from config import Settings
 from events import EventFeed, make_feed
 from events.shared_redis import SharedRedis
-from models import FAILED, ROUND_END_EVENT, RUNNING, Workflow
+from models import FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Log, Workflow, create_once, round_item_id
 from tasks.control import LocalControl, RedisControl
 from tasks.providers import ChatProvider, make_provider
 
@@ -122,6 +122,22 @@ async def end_round(runtime: Runtime, workflow_id: str, round_number: int, statu
     data: dict = {"workflowId": workflow_id, "roundNumber": round_number}
     if status == FAILED:
         data |= {"code": code, "message": message}
-    # One trip: gather starts its tasks in order, so the expiry comes after the event.
-    await asyncio.gather(runtime.feed.emit(workflow_id, ROUND_END_EVENT[status], data, "workflow"), runtime.feed.finish(workflow_id))
+    events = [runtime.feed.emit(workflow_id, ROUND_END_EVENT[status], data, "workflow"), runtime.feed.finish(workflow_id)]
+    if (outcome := await _store_outcome(workflow_id, round_number, status, message)) is not None:
+        events.insert(0, publish_item(runtime, "log", outcome.to_item(), workflow_id))
+    # One trip: gather starts its tasks in order, so the end event comes after the log
+    # and the expiry after both.
+    await asyncio.gather(*events)
     return True
+
+
+async def _store_outcome(workflow_id: str, round_number: int, status: str, message: str) -> Log | None:
+    """A failed or stopped round says so in its stored steps: the workflow keeps only its
+    latest round's status and error, and a reloaded conversation shows every round's."""
+    if status not in (FAILED, STOPPED):
+        return None
+    text = message or "Stopped before the reply was finished."
+    return await create_once(
+        Log, id=round_item_id(workflow_id, round_number, "outcome"), workflow_id=workflow_id, message=text,
+        type="error" if status == FAILED else "stopped", status=status, round_number=round_number,
+    )

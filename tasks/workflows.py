@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterable
 from events import ORIGIN, Event, FeedGap, category_set, encode, parse_cursor, wanted
 from events.sse import KEEPALIVE, frame
 from models import FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Log, Message, Workflow, chat_items, is_workflow_id, round_item_id
-from tasks.chatbot import WORKER_LOST, end_abandoned_round
+from tasks.chatbot import end_abandoned_round
 from tasks.metrics import EVENTS_SENT, OPEN_STREAMS, ROUNDS_STARTED
 from tasks.runtime import Runtime, chatdata, chatdata_category, publish_item
 
@@ -112,10 +112,10 @@ async def _job_alive(runtime: Runtime, workflow: Workflow) -> bool:
     return await runtime.control.alive(workflow.id, workflow.round_number)
 
 
-async def fail_orphaned_rounds() -> None:
+async def fail_orphaned_rounds(runtime: Runtime) -> None:
     """Embedded mode, at start-up: rounds left running died with the previous process."""
-    code, message = WORKER_LOST
-    await Workflow.filter(status=RUNNING).update(status=FAILED, updated_at=time.time(), error_code=code, error_message=message)
+    for workflow_id, round_number in await Workflow.filter(status=RUNNING).values_list("id", "round_number"):
+        await end_abandoned_round(runtime, workflow_id, round_number)
 
 
 async def workflow_detail(workflow: Workflow) -> dict:

@@ -52,3 +52,12 @@ def reply_text(events: list[Received], message_id: str) -> str:
 def assistant_message(events: list[Received]) -> dict:
     [message] = [e.item for e in events if e.kind == "message" and e.item["role"] == "assistant"]
     return message
+
+
+def round_outcome(events_or_items: list, round_number: int = 1) -> dict:
+    """The log that says how a failed or stopped round ended (events, or ``items`` of a
+    workflow's detail), as (type, status, message)."""
+    items = [e.item if isinstance(e, Received) else e["item"] for e in events_or_items
+             if (e.kind if isinstance(e, Received) else e["type"]) == "log"]
+    [outcome] = [i for i in items if i["type"] in ("error", "stopped") and i["roundNumber"] == round_number]
+    return outcome

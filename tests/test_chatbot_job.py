@@ -8,7 +8,7 @@ import pytest
 
 from config import Settings
 from events import ORIGIN
-from models import COMPLETED, FAILED, RUNNING, Message, Workflow, round_item_id
+from models import COMPLETED, FAILED, RUNNING, Log, Message, Workflow, round_item_id
 from models.db import close_db, open_db
 from tasks.chatbot import run_chatbot
 from tasks.runtime import Runtime
@@ -57,8 +57,12 @@ async def test_a_retry_mid_reply_ends_the_round_with_an_error_not_a_second_reply
     assert await run_chatbot({"runtime": runtime, "job_try": 2}, workflow.id, 1) == "failed: worker lost"
     assert await Message.filter(workflow_id=workflow.id, role="assistant").count() == 0
     assert (await Workflow.get(id=workflow.id)).status == FAILED
-    [error] = await runtime.feed.read(workflow.id, ORIGIN)
+    outcome, error = await runtime.feed.read(workflow.id, ORIGIN)
     assert (error.type, error.data["code"]) == ("error", "worker_lost")
+    # The round's failure is among its stored steps, as the page shows it after a reload.
+    item = outcome.data["item"]
+    assert (outcome.data["type"], item["type"], item["status"], item["message"]) == ("log", "error", FAILED, error.data["message"])
+    assert [entry.id for entry in await Log.filter(workflow_id=workflow.id)] == [item["id"]]
 
 
 async def test_a_job_for_an_old_round_does_nothing(runtime):
@@ -97,9 +101,11 @@ async def test_a_job_cancelled_before_any_token_ends_the_round_and_stores_no_emp
 
 async def test_rounds_left_running_by_a_dead_embedded_process_fail_with_a_reason(runtime):
     workflow = await running_round()
-    await fail_orphaned_rounds()
+    await fail_orphaned_rounds(runtime)
     stored = await Workflow.get(id=workflow.id)
     assert stored.to_dict()["error"] == {"code": "worker_lost", "message": stored.error_message} and stored.status == FAILED
+    [outcome] = await Log.filter(workflow_id=workflow.id)
+    assert (outcome.type, outcome.status, outcome.message, outcome.round_number) == ("error", FAILED, stored.error_message, 1)
 
 
 async def event_log(runtime: Runtime, workflow: Workflow) -> list[str]:

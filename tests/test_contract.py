@@ -10,7 +10,7 @@ from urllib.parse import quote
 import pytest
 
 from events import parse_cursor
-from tests.sse import Received, assistant_message, read_stream, reply_text
+from tests.sse import Received, assistant_message, read_stream, reply_text, round_outcome
 
 END = {"complete", "stopped", "error"}
 
@@ -221,9 +221,13 @@ async def test_stop_mid_reply_keeps_the_text_so_far(client):
     reply = assistant_message(events)
     assert reply_text(events, reply["id"]) == reply["content"]
     assert len([e for e in events if e.kind == "delta"]) < 40, "the reply ran to its end"
+    # The round's steps end with how it ended, sent before `stopped` and stored with them.
+    assert events[-2].kind == "log" and events[-2].item == round_outcome(events)
+    assert (events[-2].item["type"], events[-2].item["status"]) == ("stopped", "stopped")
     detail = (await client.get(f"/api/chatbot/{started['workflowId']}")).json()
     assert detail["workflow"]["status"] == "stopped"
     assert [i["item"]["content"] for i in detail["items"] if i["type"] == "message"][-1] == reply["content"]
+    assert round_outcome(detail["items"]) == events[-2].item
 
 
 async def test_stop_does_not_reach_the_next_round(client):

@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 import pytest
 
 from tests.conftest import MODES, stack_for
-from tests.sse import assistant_message, read_stream, reply_text
+from tests.sse import assistant_message, read_stream, reply_text, round_outcome
 from tests.test_contract import run_round, start
 
 
@@ -72,8 +72,13 @@ async def test_a_worker_killed_mid_reply_ends_the_round_with_an_error_keeping_th
     assert detail["workflow"]["status"] == "failed"
     assert detail["workflow"]["error"]["code"] == "worker_lost"
     assert [i["item"] for i in detail["items"] if i["type"] == "message"][1] == reply
+    outcome = round_outcome(events)
+    assert (outcome["type"], outcome["status"], outcome["message"]) == ("error", "failed", rest[-1].data["message"])
     _, events = await run_round(client, "and again", started["workflowId"])  # the conversation goes on
     assert events[-1].event == "complete"
+    # The workflow's error is gone with the next round; the failed round's stored steps keep it.
+    detail = (await client.get(f"/api/chatbot/{started['workflowId']}")).json()
+    assert detail["workflow"]["error"] is None and round_outcome(detail["items"]) == outcome
 
 
 async def test_stopping_a_round_whose_worker_died_keeps_the_text_sent(client, server):

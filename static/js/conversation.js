@@ -97,7 +97,11 @@ export class ConversationView {
     if (after) this.root.insertBefore(li, after.li);
     else if (this.pending) this.root.insertBefore(li, this.pending.li);
     else this.root.append(li);
-    if (number > this.maxRound) this.maxRound = number;
+    if (number > this.maxRound) {
+      // Only the latest round's error offers Retry: a later round went on from it.
+      if (this.maxRound) this.retired(this.maxRound);
+      this.maxRound = number;
+    }
     return r;
   }
 
@@ -272,6 +276,10 @@ export class ConversationView {
     if (item.type) li.title = String(item.type);
     this.logs.set(key, { item, li, round: roundNumber });
     this.updateStepsSummary(r);
+    // How a failed or stopped round ended is stored among its steps: after a reload it is
+    // all that tells of a round before the latest (live, its end event follows).
+    const outcome = { error: 'error', stopped: 'stopped' }[item.type];
+    if (outcome && !this.terminated.has(roundNumber)) this.terminate(outcome, { roundNumber, message: item.message });
   }
 
   updateStepsSummary(r) {
@@ -304,6 +312,7 @@ export class ConversationView {
   terminate(kind, data) {
     const roundNumber = roundOf(data.roundNumber) ?? this.maxRound;
     if (roundNumber == null) return;
+    const again = this.terminated.get(roundNumber) === kind; // its stored outcome came first
     this.terminated.set(roundNumber, kind);
     const r = this.rounds.get(roundNumber);
     if (r) {
@@ -320,7 +329,7 @@ export class ConversationView {
       }
     }
     if (kind === 'stopped') this.markStopped(roundNumber);
-    if (kind === 'error') this.showError(roundNumber, data.message || 'Something went wrong while writing the reply.', data.code);
+    if (kind === 'error') this.showError(roundNumber, data.message || 'Something went wrong while writing the reply.', data.code, !again);
     this.updateTyping();
     this.hooks.onChange();
   }
@@ -333,7 +342,7 @@ export class ConversationView {
     if (!target.querySelector('.badge-stopped')) target.append(el('span', 'badge badge-stopped', 'Stopped'));
   }
 
-  showError(roundNumber, message, code) {
+  showError(roundNumber, message, code, announce = true) {
     const r = this.round(roundNumber);
     r.li.classList.add('has-error');
     const box = el('div', 'error-box');
@@ -350,9 +359,10 @@ export class ConversationView {
       if (prompt != null) this.hooks.onRetry(prompt, roundNumber);
     });
     if (this.userPrompt(roundNumber) == null && this.userPrompt() == null) retry.hidden = true;
-    box.append(icon, text, retry);
+    box.append(icon, text);
+    if (roundNumber >= this.maxRound) box.append(retry);
     r.error.replaceChildren(box);
-    this.hooks.announce(`Error: ${message}`);
+    if (announce) this.hooks.announce(`Error: ${message}`);
   }
 
   /** The round was retried: its error stays as history but offers no second retry. */

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -319,6 +318,12 @@ async def test_stop_keeps_the_partial_reply(slow_context):
     await send(page, "and now a whole one")
     await expect(stop_button(page)).to_be_visible()
     await wait_reply_done(page, 2)
+    # After a reload the first round still shows it was stopped (the workflow's status is
+    # the second round's).
+    await page.reload()
+    await expect(page.locator(".msg-assistant.is-final")).to_have_count(2, timeout=10_000)
+    await expect(page.locator(".round").first.locator(".badge-stopped")).to_be_visible()
+    await expect(page.locator(".badge-stopped")).to_have_count(1)
 
 
 async def hold_answers(page: Page, url) -> tuple[list[dict], asyncio.Event]:
@@ -615,6 +620,15 @@ async def test_model_failures_are_shown_with_retry(browser, model_server, fake_m
         assert stored_messages(data, "user") == ["try me thrice"] * 3
         assert stored_messages(data, "assistant") == ["Partial", "Third time lucky."]
         assert await user_texts(page) == ["try me thrice"] * 3
+
+        # After a reload the two failed rounds still say why, though the workflow's own
+        # status is the last round's (completed); a later round went on, so no Retry.
+        shown = [norm(text) for text in await errors.locator(".error-text").all_inner_texts()]
+        await page.reload()
+        await expect(page.locator(".msg-assistant.is-final .md")).to_have_text(["Partial", "Third time lucky."], timeout=LONG)
+        await expect(errors).to_have_count(2)
+        assert [norm(text) for text in await errors.locator(".error-text").all_inner_texts()] == shown
+        await expect(page.get_by_role("button", name="Retry")).to_have_count(0)
     finally:
         await context.close()
 
