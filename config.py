@@ -46,6 +46,7 @@ class Settings:
     job_timeout_seconds: float = 600.0
     worker_max_jobs: int = 1000
     lease_seconds: float = 10.0
+    worker_drain_seconds: float = 25.0
     queue_name: str = "arq:queue"
     key_prefix: str = "chat:"
 
@@ -74,7 +75,10 @@ _FLOORS = {
          "feed_retention_seconds", "feed_max_events", "job_timeout_seconds", "worker_max_jobs", "lease_seconds"),
         "positive",
     ),
-    **dict.fromkeys(("history_max_chars", "openai_max_retries", "openai_retry_backoff", "demo_token_interval_ms"), "non-negative"),
+    **dict.fromkeys(
+        ("history_max_chars", "openai_max_retries", "openai_retry_backoff", "demo_token_interval_ms", "worker_drain_seconds"),
+        "non-negative",
+    ),
 }
 
 

@@ -67,6 +67,10 @@ class WorkerSettings:
     max_jobs = _settings.worker_max_jobs
     poll_delay = 0.01  # arq's 0.5 s default would come before every first token
     job_timeout = _settings.job_timeout_seconds
+    # On SIGTERM or SIGINT, take no new job and let running replies finish for this long
+    # (a deploy restarts workers: at once, every reply in flight would fail as worker_lost).
+    # 0: cancel them at once. What is still running then ends as worker_lost.
+    job_completion_wait = _settings.worker_drain_seconds
     keep_result = 60
     max_tries = 3
     allow_abort_jobs = True

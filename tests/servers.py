@@ -26,6 +26,7 @@ TEST_ENV = {
     "DEMO_TOKEN_INTERVAL_MS": "20",
     "DEMO_REPLY_TOKENS": "40",
     "LEASE_SECONDS": "2",
+    "WORKER_DRAIN_SECONDS": "5",  # below Stack.stop's wait for a worker to exit
     "FEED_RETENTION_SECONDS": "60",
     "PYTHONUNBUFFERED": "1",
 }

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 from urllib.parse import urlparse
 
 import pytest
@@ -79,6 +80,35 @@ async def test_a_worker_killed_mid_reply_ends_the_round_with_an_error_keeping_th
     # The workflow's error is gone with the next round; the failed round's stored steps keep it.
     detail = (await client.get(f"/api/chatbot/{started['workflowId']}")).json()
     assert detail["workflow"]["error"] is None and round_outcome(detail["items"]) == outcome
+
+
+async def test_workers_told_to_stop_finish_the_replies_they_are_writing(client, server):
+    # A deploy restarts workers with SIGTERM: the reply in flight must not fail for it.
+    if server.mode != "redis":
+        pytest.skip("workers are separate processes in Redis mode only")
+    started = await start(client, "finish me before you go")
+    head = await read_stream(client, started["streamUrl"], limit=6)
+    assert head[-1].kind == "delta"
+    draining = list(server.workers)
+    for worker in draining:
+        worker.send_signal(signal.SIGTERM)
+    try:
+        rest = await read_stream(client, started["streamUrl"], last_event_id=head[-1].id)
+        exits = [await asyncio.to_thread(worker.wait, 10) for worker in draining]
+    finally:
+        for worker in draining:
+            if worker.poll() is None:
+                worker.kill()
+            server.workers.remove(worker)
+        server.start_worker()
+        server.start_worker()
+    assert rest[-1].event == "complete"
+    events = head + rest
+    reply = assistant_message(events)
+    assert reply_text(events, reply["id"]) == reply["content"] and "finish me before you go" in reply["content"]
+    assert exits == [0, 0]  # and they did go, once it was done
+    _, events = await run_round(client, "and the new workers answer", started["workflowId"])
+    assert events[-1].event == "complete"
 
 
 async def test_stopping_a_round_whose_worker_died_keeps_the_text_sent(client, server):
