@@ -50,10 +50,10 @@ async def run_chatbot(ctx: dict, workflow_id: str, round_number: int) -> str:
     if ctx.get("job_try", 1) > 1:  # a retry after a worker died mid-reply: its deltas are out
         await end_abandoned_round(runtime, workflow_id, round_number)
         return "failed: worker lost"
-    stop = asyncio.Event()
-    async with runtime.control.running(workflow_id, round_number, stop.set):
+    stop, lost = asyncio.Event(), asyncio.Event()
+    async with runtime.control.running(workflow_id, round_number, stop.set, lost.set):
         turns = [ChatTurn(row["role"], row["content"]) for row in reversed(history)]
-        outcome = await _generate(runtime, chat, reply, turns, stop)
+        outcome = await _generate(runtime, chat, reply, turns, stop, lost)
         await _finish(runtime, chat, reply, *outcome)
     return outcome[0]
 
@@ -80,16 +80,18 @@ async def _sent_pieces(runtime: Runtime, workflow_id: str, message_id: str) -> l
     return [delta["text"] for delta in deltas]
 
 
-async def _generate(runtime: Runtime, chat: ChatRound, reply: Reply, turns: list[ChatTurn], stop: asyncio.Event) -> tuple[str, ...]:
-    """Stream the reply until it ends, fails or is stopped; the outcome for end_round."""
+async def _generate(
+    runtime: Runtime, chat: ChatRound, reply: Reply, turns: list[ChatTurn], stop: asyncio.Event, lost: asyncio.Event
+) -> tuple[str, ...]:
+    """Stream the reply until it ends, fails, is stopped or lost; the outcome for end_round."""
     await _log_steps(
         runtime, chat, ("history", f"Loaded the conversation ({len(turns)} messages)"),
         ("generate", f"Generating the reply with the {runtime.provider.name} model"),
     )
     generation = asyncio.create_task(_stream(runtime, chat, reply, turns))
-    stopped = asyncio.create_task(stop.wait())
+    stopped, given_up = asyncio.create_task(stop.wait()), asyncio.create_task(lost.wait())
     try:
-        await asyncio.wait({generation, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({generation, stopped, given_up}, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:  # job timeout or worker shutdown: end the round, then go
         generation.cancel()
         await asyncio.gather(generation, return_exceptions=True)
@@ -97,10 +99,11 @@ async def _generate(runtime: Runtime, chat: ChatRound, reply: Reply, turns: list
         raise
     finally:
         stopped.cancel()
+        given_up.cancel()
     if not generation.done():
         generation.cancel()
         await asyncio.gather(generation, return_exceptions=True)
-        return (STOPPED,)
+        return (FAILED, *WORKER_LOST) if lost.is_set() else (STOPPED,)
     try:
         generation.result()
     except ProviderError as exc:

@@ -34,7 +34,11 @@ class LocalControl:
         self.queued.add((workflow_id, round_number))
 
     @contextlib.asynccontextmanager
-    async def running(self, workflow_id: str, round_number: int, on_stop: Callable[[], None]) -> AsyncIterator[None]:
+    async def running(
+        self, workflow_id: str, round_number: int, on_stop: Callable[[], None], on_lost: Callable[[], None]
+    ) -> AsyncIterator[None]:
+        """The round runs here: ``on_stop`` when a stop is asked for, ``on_lost`` if it may
+        have been called lost meanwhile (its job must give it up: see RedisControl)."""
         key = (workflow_id, round_number)
         self.active[key] = on_stop
         try:
@@ -90,22 +94,30 @@ class RedisControl(LocalControl):
         await self.redis.execute("SET", self._key("lease", (workflow_id, round_number)), "queued", "PX", int(grace * 1000))
 
     @contextlib.asynccontextmanager
-    async def running(self, workflow_id: str, round_number: int, on_stop: Callable[[], None]) -> AsyncIterator[None]:
-        heartbeat = asyncio.create_task(self._heartbeat((workflow_id, round_number), on_stop))
+    async def running(
+        self, workflow_id: str, round_number: int, on_stop: Callable[[], None], on_lost: Callable[[], None]
+    ) -> AsyncIterator[None]:
+        heartbeat = asyncio.create_task(self._heartbeat((workflow_id, round_number), on_stop, on_lost))
         try:
-            async with super().running(workflow_id, round_number, on_stop):
+            async with super().running(workflow_id, round_number, on_stop, on_lost):
                 yield
         finally:
             heartbeat.cancel()
 
-    async def _renew(self, key: RoundKey) -> None:
-        await self.redis.execute("SET", self._key("lease", key), "running", "PX", int(self.lease_seconds * 1000))
+    async def _renew(self, key: RoundKey, *options: str) -> bool:
+        return await self.redis.execute("SET", self._key("lease", key), "running", "PX", int(self.lease_seconds * 1000), *options) is not None
 
-    async def _heartbeat(self, key: RoundKey, on_stop: Callable[[], None]) -> None:
+    async def _heartbeat(self, key: RoundKey, on_stop: Callable[[], None], on_lost: Callable[[], None]) -> None:
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
             try:
-                await self._renew(key)
+                # Only while the lease holds: one that ran out (this process stalled for
+                # longer than it) may have had its round failed and its text salvaged by
+                # then, and what the job sent after that would be sent after the round's end.
+                if not await self._renew(key, "XX"):
+                    log.warning("round %s outlived its lease (the process stalled?): giving it up", key)
+                    on_lost()
+                    return
                 if await self._stop_flagged(key):  # in case a Pub/Sub nudge was lost
                     on_stop()
             except Exception as exc:  # Redis away: keep trying, the lease says the rest

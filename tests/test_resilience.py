@@ -131,6 +131,32 @@ async def test_stopping_a_round_whose_worker_died_keeps_the_text_sent(client, se
     assert reply["content"] and reply_text(events, reply["id"]) == reply["content"]
 
 
+async def test_a_job_that_outlived_its_lease_gives_its_round_up(client, server):
+    # A worker that stalls past its lease may have had its round failed (and the text it
+    # sent stored) by a stream's or a start's check: what it generates after that must not
+    # be sent after the round's end. Here the lease is taken away while the job runs.
+    if server.mode != "redis":
+        pytest.skip("leases exist in Redis mode only")
+    from redis.asyncio import Redis
+
+    started = await start(client, "a job that will lose its lease")
+    head = await read_stream(client, started["streamUrl"], limit=6)
+    assert head[-1].kind == "delta"
+    redis = Redis.from_url(server.env["REDIS_URL"], decode_responses=True)
+    try:
+        assert await redis.delete(f"{server.env['KEY_PREFIX']}lease:{started['workflowId']}:1") == 1
+    finally:
+        await redis.aclose()
+    rest = await read_stream(client, started["streamUrl"], last_event_id=head[-1].id)
+    assert rest[-1].event == "error" and rest[-1].data["code"] == "worker_lost"
+    events = head + rest
+    reply = assistant_message(events)
+    assert reply_text(events, reply["id"]) == reply["content"]
+    assert len([e for e in events if e.kind == "delta"]) < 40, "the job went on to the end of its reply"
+    detail = (await client.get(f"/api/chatbot/{started['workflowId']}")).json()
+    assert [i["item"] for i in detail["items"] if i["type"] == "message"][1] == reply
+
+
 async def test_a_running_chat_job_is_no_longer_in_the_queue(client, server):
     # arq re-examines every job left in its queue on every poll, so running jobs would make
     # each poll of every worker slower and new chats wait behind them (tasks/worker.py).
