@@ -52,12 +52,19 @@ async def test_a_client_dropping_mid_reply_loses_nothing_stored(client, server):
     assert [i["item"]["role"] for i in detail["items"] if i["type"] == "message"] == ["user", "assistant"]
 
 
-async def test_a_worker_killed_mid_reply_ends_the_round_with_an_error_keeping_the_text_sent(client, server):
+async def mid_reply(client, server, prompt: str) -> tuple[dict, list]:
+    """Redis mode only (workers, leases and the queue are Redis mode's): a round started
+    and followed until its first deltas; the start's answer and the events so far."""
     if server.mode != "redis":
-        pytest.skip("workers are separate processes in Redis mode only")
-    started = await start(client, "this worker will die")
+        pytest.skip("workers, leases and the arq queue exist in Redis mode only")
+    started = await start(client, prompt)
     head = await read_stream(client, started["streamUrl"], limit=6)
-    assert head[-1].kind == "delta"
+    assert head[-1].kind == "delta"  # the job is running
+    return started, head
+
+
+async def test_a_worker_killed_mid_reply_ends_the_round_with_an_error_keeping_the_text_sent(client, server):
+    started, head = await mid_reply(client, server, "this worker will die")
     for worker in list(server.workers):
         server.kill_worker(worker)
     try:
@@ -84,11 +91,7 @@ async def test_a_worker_killed_mid_reply_ends_the_round_with_an_error_keeping_th
 
 async def test_workers_told_to_stop_finish_the_replies_they_are_writing(client, server):
     # A deploy restarts workers with SIGTERM: the reply in flight must not fail for it.
-    if server.mode != "redis":
-        pytest.skip("workers are separate processes in Redis mode only")
-    started = await start(client, "finish me before you go")
-    head = await read_stream(client, started["streamUrl"], limit=6)
-    assert head[-1].kind == "delta"
+    started, head = await mid_reply(client, server, "finish me before you go")
     draining = list(server.workers)
     for worker in draining:
         worker.send_signal(signal.SIGTERM)
@@ -112,10 +115,7 @@ async def test_workers_told_to_stop_finish_the_replies_they_are_writing(client, 
 
 
 async def test_stopping_a_round_whose_worker_died_keeps_the_text_sent(client, server):
-    if server.mode != "redis":
-        pytest.skip("workers are separate processes in Redis mode only")
-    started = await start(client, "this worker will die before the stop")
-    head = await read_stream(client, started["streamUrl"], limit=6)
+    started, head = await mid_reply(client, server, "this worker will die before the stop")
     for worker in list(server.workers):
         server.kill_worker(worker)
     try:
@@ -135,13 +135,9 @@ async def test_a_job_that_outlived_its_lease_gives_its_round_up(client, server):
     # A worker that stalls past its lease may have had its round failed (and the text it
     # sent stored) by a stream's or a start's check: what it generates after that must not
     # be sent after the round's end. Here the lease is taken away while the job runs.
-    if server.mode != "redis":
-        pytest.skip("leases exist in Redis mode only")
     from redis.asyncio import Redis
 
-    started = await start(client, "a job that will lose its lease")
-    head = await read_stream(client, started["streamUrl"], limit=6)
-    assert head[-1].kind == "delta"
+    started, head = await mid_reply(client, server, "a job that will lose its lease")
     redis = Redis.from_url(server.env["REDIS_URL"], decode_responses=True)
     try:
         assert await redis.delete(f"{server.env['KEY_PREFIX']}lease:{started['workflowId']}:1") == 1
@@ -160,13 +156,9 @@ async def test_a_job_that_outlived_its_lease_gives_its_round_up(client, server):
 async def test_a_running_chat_job_is_no_longer_in_the_queue(client, server):
     # arq re-examines every job left in its queue on every poll, so running jobs would make
     # each poll of every worker slower and new chats wait behind them (tasks/worker.py).
-    if server.mode != "redis":
-        pytest.skip("the arq queue exists in Redis mode only")
     from redis.asyncio import Redis
 
-    started = await start(client, "a job that leaves the queue")
-    head = await read_stream(client, started["streamUrl"], limit=6)
-    assert head[-1].kind == "delta"  # the job is running
+    started, head = await mid_reply(client, server, "a job that leaves the queue")
     redis = Redis.from_url(server.env["REDIS_URL"], decode_responses=True)
     try:
         assert await redis.zrange(server.env["QUEUE_NAME"], 0, -1) == []
