@@ -135,8 +135,13 @@ class RedisFeed(EventFeed):
             # under load one would otherwise go out for every few events.
             await asyncio.sleep(max(0.0, last_read + READ_EVERY - loop.time()))
             last_read = loop.time()
+            # Where each context was read from: a reply is for the log that asked for it.
+            # One whose last subscriber left while this read was blocked in Redis, and
+            # that a new subscriber then attached from an earlier cursor, now starts
+            # there: the reply would skip what lies between (the next read gets it).
+            asked = self.read_from.copy()
             try:
-                await self.reader.send_packed_command(self._xread_command(wake_from))
+                await self.reader.send_packed_command(self._xread_command(wake_from, asked))
                 replies = await self.reader.read_response()
                 backoff = 0.1
             except (ConnectionError, TimeoutError, OSError) as exc:
@@ -151,17 +156,17 @@ class RedisFeed(EventFeed):
                     await asyncio.sleep(WAKE_DEBOUNCE)  # let a burst of new subscriptions join the next read
                     continue
                 context_id = key[len(self.prefix) :]
-                if (context_log := self.logs.get(context_id)) is not None:
-                    context_log.append([_event(*entry) for entry in entries])
+                if context_id in asked and self.read_from.get(context_id) == asked[context_id]:
+                    self.logs[context_id].append([_event(*entry) for entry in entries])
                     self.read_from[context_id] = entries[-1][0]
 
-    def _xread_command(self, wake_from: str) -> bytes:
-        """XREAD over the wake stream and every followed context, in RESP. Written here,
-        with each key's encoding kept, because redis-py's packing of a few hundred
-        arguments costs more than the read itself."""
-        keys = [self._encoded_wake_key, *map(self._encoded_key, self.read_from)]
+    def _xread_command(self, wake_from: str, read_from: dict[str, str]) -> bytes:
+        """XREAD over the wake stream and the followed contexts from their positions, in
+        RESP. Written here, with each key's encoding kept, because redis-py's packing of a
+        few hundred arguments costs more than the read itself."""
+        keys = [self._encoded_wake_key, *map(self._encoded_key, read_from)]
         head = b"*%d\r\n" % (6 + 2 * len(keys)) + bulk("XREAD", "COUNT", str(READ_COUNT), "BLOCK", "30000", "STREAMS")
-        return b"".join([head, *keys, bulk(wake_from, *self.read_from.values())])
+        return b"".join([head, *keys, bulk(wake_from, *read_from.values())])
 
     def _encoded_key(self, context_id: str) -> bytes:
         if (encoded := self._encoded.get(context_id)) is None:

@@ -386,6 +386,40 @@ async def test_resume_from_any_retained_cursor_gets_nothing_twice_and_nothing_mi
 # retention
 
 
+async def test_a_subscriber_that_comes_as_another_leaves_gets_every_event_after_its_cursor(backend, make_feed):
+    # A page reload: the old stream leaves and the new one resumes from a cursor it had
+    # passed. RedisFeed's one reader has a read for the context blocked in Redis when its
+    # last subscriber leaves; the reply, events after the old one's position, must not
+    # be taken for the new one's, which would skip what lies between.
+    feed = make_feed()
+    writer = make_feed() if backend == "redis" else feed  # another process writes, as a worker does
+    context = ctx()
+    first, *_ = await emit_many(writer, context, 3)
+    replies_go = asyncio.Event()
+    replies_go.set()
+    if backend == "redis":  # hold the reader's replies where the test says
+        read_response = feed.reader.read_response
+
+        async def held_read_response(*args, **kwargs):
+            reply = await read_response(*args, **kwargs)
+            await replies_go.wait()
+            return reply
+
+        feed.reader.read_response = held_read_response
+    leaving = feed.subscribe(context, first)
+    assert numbers(await collect(leaving, 2)) == [1, 2]
+    await asyncio.sleep(0.05)  # the reader's next read is blocked in Redis, naming the context
+    replies_go.clear()
+    await leaving.aclose()
+    await emit_many(writer, context, 1, start=3)  # the blocked read's reply: event 3
+    coming = feed.subscribe(context, first)
+    arriving = asyncio.create_task(collect(coming, 3))
+    await asyncio.sleep(0.05)  # it has attached (a generator's code runs when it is first awaited)
+    replies_go.set()
+    assert numbers(await arriving) == [1, 2, 3]
+    await coming.aclose()
+
+
 async def test_a_cursor_older_than_what_is_retained_raises_feed_gap(make_feed):
     # 300 rather than 50: RedisFeed trims with XADD MAXLEN ~ (approximate), which drops
     # whole stream nodes (100 entries by default) and so may keep far more than max_events.
