@@ -30,6 +30,7 @@ class ChatRound:
 class Reply:
     message_id: str
     parts: list[str] = field(default_factory=list)
+    usage: dict | None = None  # token counts, if the model reported them
 
     @property
     def text(self) -> str:
@@ -116,9 +117,8 @@ async def _generate(
 
 async def _stream(runtime: Runtime, chat: ChatRound, reply: Reply, turns: list[ChatTurn]) -> None:
     async def on_usage(usage: dict) -> None:
-        counts = ", ".join(f"{name.replace('_', ' ')}: {value}" for name, value in usage.items())
         log.info("round %s/%s token usage %s", chat.workflow_id, chat.number, usage)
-        await _log_steps(runtime, chat, ("usage", f"Token usage ({counts})"), kind="usage")
+        reply.usage = usage  # logged as the round ends: a stop cannot cut it between its store and its emit
 
     # aclosing: a stop closes the provider's upstream request now, not when collected.
     async with aclosing(runtime.provider.stream_reply(turns, on_usage)) as pieces:
@@ -140,6 +140,9 @@ async def _stream(runtime: Runtime, chat: ChatRound, reply: Reply, turns: list[C
 async def _finish(runtime: Runtime, chat: ChatRound, reply: Reply, status: str, *error: str) -> bool:
     """Store what was generated (sent deltas must join to a stored message), end the round;
     whether this call ended it (see end_round)."""
+    if reply.usage:
+        counts = ", ".join(f"{name.replace('_', ' ')}: {value}" for name, value in reply.usage.items())
+        await _log_steps(runtime, chat, ("usage", f"Token usage ({counts})"), kind="usage")
     if reply.parts or status == COMPLETED:
         await _store_reply(runtime, chat, reply)
     return await end_round(runtime, chat.workflow_id, chat.number, status, *error)

@@ -93,6 +93,11 @@ class RedisControl(LocalControl):
         grace = max(30.0, 3 * self.lease_seconds)
         await self.redis.execute("SET", self._key("lease", (workflow_id, round_number)), "queued", "PX", int(grace * 1000))
 
+    async def taken(self, workflow_id: str, round_number: int) -> None:
+        """A worker took the round's job: a lease as short as a running job's, so that a
+        worker dying before the job runs is noticed as soon as one dying while it runs."""
+        await self._renew((workflow_id, round_number))
+
     @contextlib.asynccontextmanager
     async def running(
         self, workflow_id: str, round_number: int, on_stop: Callable[[], None], on_lost: Callable[[], None]

@@ -39,8 +39,13 @@ async def leave_queue(ctx: dict) -> None:
     """arq keeps a running job in its queue and re-examines every such job (three Redis
     round trips each) on every poll, so with hundreds of chats running a poll takes
     longer and longer and a new chat waits behind all of them. A started chat job leaves
-    the queue; if its worker dies, the round's lease ends it (see tasks/control.py)."""
-    await ctx["runtime"].redis.execute("ZREM", _settings.queue_name, ctx["job_id"])
+    the queue; if its worker dies, the round's lease ends it (see tasks/control.py), so
+    the lease becomes a running job's now (a queued one's is longer)."""
+    runtime: Runtime = ctx["runtime"]
+    _, workflow_id, round_number = ctx["job_id"].split(":")  # as Runtime.enqueue_round names it
+    await asyncio.gather(
+        runtime.redis.execute("ZREM", _settings.queue_name, ctx["job_id"]), runtime.control.taken(workflow_id, int(round_number))
+    )
 
 
 async def shutdown(ctx: dict) -> None:

@@ -129,3 +129,32 @@ async def test_a_delta_the_feed_failed_to_take_is_not_in_the_stored_reply(runtim
     sent = [e.data["item"]["text"] for e in await runtime.feed.read(workflow.id, ORIGIN) if e.data.get("type") == "delta"]
     [reply] = await Message.filter(workflow_id=workflow.id, role="assistant")
     assert len(sent) == 2 and reply.content == "".join(sent)
+
+
+class ModelStoppedAtItsUsage:
+    """A model that reports its usage and is stopped right then (as a user's stop can
+    land at the end of a reply), then never finishes."""
+
+    name = "stopped at its usage"
+
+    def __init__(self, runtime: Runtime, workflow_id: str) -> None:
+        self.runtime, self.workflow_id = runtime, workflow_id
+
+    async def stream_reply(self, turns, on_usage=None):
+        yield "Hello"
+        await self.runtime.control.request_stop(self.workflow_id, 1)
+        await on_usage({"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4})
+        await asyncio.Event().wait()
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_stop_as_the_usage_comes_leaves_no_stored_log_unsent(runtime):
+    workflow = await running_round()
+    runtime.provider = ModelStoppedAtItsUsage(runtime, workflow.id)
+    assert await run_chatbot({"runtime": runtime, "job_try": 1}, workflow.id, 1) == "stopped"
+    sent = {e.data["item"].get("id") for e in await runtime.feed.read(workflow.id, ORIGIN) if e.type == "chatdata"}
+    stored = {entry.id for entry in await Log.filter(workflow_id=workflow.id)}
+    assert stored <= sent, "a log was stored and never sent"
+    assert [entry.type for entry in await Log.filter(workflow_id=workflow.id, type="usage")] == ["usage"]

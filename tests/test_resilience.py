@@ -243,3 +243,30 @@ async def test_a_subscriber_joining_a_reply_longer_than_the_feed_keeps_gets_the_
         reply = assistant_message(late)
         assert reply["content"].endswith("".join(e.item["text"] for e in late if e.kind == "delta"))
         assert late[-1].event == "complete"
+
+
+async def test_a_taken_job_holds_the_round_by_a_running_jobs_lease(redis_url):
+    # A queued round's lease is long (the queue may be slow); once a worker has taken its
+    # job, a worker dying before the job runs must be noticed as fast as one dying in it.
+    import uuid
+    from dataclasses import replace
+
+    from config import Settings
+    from tasks.runtime import Runtime
+
+    policy = asyncio.get_event_loop_policy()
+    from tasks.worker import leave_queue  # it makes uvloop's the loop policy, for arq: not for the tests
+
+    asyncio.set_event_loop_policy(policy)
+
+    settings = replace(Settings.from_env(), redis_url=redis_url, key_prefix=f"test-{uuid.uuid4().hex[:8]}:", lease_seconds=2.0)
+    runtime = await Runtime.open(settings, runs_jobs=False)
+    lease = f"{settings.key_prefix}lease:wf:1"
+    try:
+        await runtime.control.expect("wf", 1)
+        assert await runtime.redis.execute("PTTL", lease) > 20_000
+        await leave_queue({"runtime": runtime, "job_id": "chat:wf:1"})
+        assert 0 < await runtime.redis.execute("PTTL", lease) <= 2_000
+    finally:
+        await runtime.redis.execute("DEL", lease)
+        await runtime.close()
