@@ -10,13 +10,14 @@ import logging
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
-from events import FeedGap
-from models import COMPLETED, FAILED, RUNNING, STOPPED, Log, Message, create_once, recent_messages, round_item_id
+from events import Event, FeedGap
+from models import COMPLETED, FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Log, Message, chat_items, create_once, recent_messages, round_item_id
 from tasks.providers import ChatTurn, ProviderError
 from tasks.runtime import Runtime, end_round, publish_item
 
 log = logging.getLogger(__name__)
 
+END_STATUS = {event: status for status, event in ROUND_END_EVENT.items()}
 WORKER_LOST = ("worker_lost", "The worker generating this reply stopped before it finished. Please retry.")
 
 
@@ -62,18 +63,42 @@ async def run_chatbot(ctx: dict, workflow_id: str, round_number: int) -> str:
 async def end_abandoned_round(runtime: Runtime, workflow_id: str, round_number: int, status: str = FAILED) -> bool:
     """End a round whose job is gone (failed as worker_lost, or stopped), keeping its
     reply as far as it was sent: the deltas the feed holds become the stored message, so
-    what the user saw survives a reload. Whether this call ended it (see end_round)."""
-    reply = Reply(round_item_id(workflow_id, round_number, "assistant"))
-    reply.parts = await _sent_pieces(runtime, workflow_id, reply.message_id)
-    return await _finish(runtime, ChatRound(workflow_id, round_number), reply, status, *(WORKER_LOST if status == FAILED else ()))
-
-
-async def _sent_pieces(runtime: Runtime, workflow_id: str, message_id: str) -> list[str]:
-    """The texts of a reply's deltas in the feed, if it holds every one from the first."""
+    what the user saw survives a reload. What its job stored but died before sending is
+    sent now, and an end it sent but died before storing stands. Whether this call ended
+    it (see end_round)."""
     try:
         events = await runtime.feed.read(workflow_id)
     except FeedGap:
-        return []
+        events = []
+    chat, reply = ChatRound(workflow_id, round_number), Reply(round_item_id(workflow_id, round_number, "assistant"))
+    if (sent_end := _end_in(events, round_number)) is not None:
+        return await end_round(runtime, workflow_id, round_number, *sent_end, emit=False)
+    await _send_unsent_items(runtime, chat, events)
+    reply.parts = _sent_pieces(events, reply.message_id)
+    return await _finish(runtime, chat, reply, status, *(WORKER_LOST if status == FAILED else ()))
+
+
+def _end_in(events: list[Event], round_number: int) -> tuple[str, ...] | None:
+    """The status (and error) of the round's end event in ``events``, if it is there."""
+    for event in events:
+        if event.type in END_STATUS and event.data.get("roundNumber") == round_number:
+            return END_STATUS[event.type], event.data.get("code", ""), event.data.get("message", "")
+    return None
+
+
+async def _send_unsent_items(runtime: Runtime, chat: ChatRound, events: list[Event]) -> None:
+    """Emit the round's stored messages and logs the feed lacks, if it holds the round
+    from its start (else what was sent cannot be told)."""
+    sent = {e.data["item"].get("id") for e in events if e.type == "chatdata"}
+    if round_item_id(chat.workflow_id, chat.number, "user") not in sent:
+        return
+    for kind, item, row in await chat_items(chat.workflow_id):
+        if row.round_number == chat.number and item["id"] not in sent:
+            await publish_item(runtime, kind, item, chat.workflow_id)
+
+
+def _sent_pieces(events: list[Event], message_id: str) -> list[str]:
+    """The texts of a reply's deltas in ``events``, if they hold every one from the first."""
     mentioned = f'"messageId":"{message_id}"'
     deltas = [e.data["item"] for e in events if e.type == "chatdata" and mentioned in e.data_json]
     if [delta["index"] for delta in deltas] != list(range(len(deltas))):

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from arq.constants import expires_extra_ms, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
+from tortoise.transactions import in_transaction
 
 from config import Settings
 from events import EventFeed, make_feed
 from events.shared_redis import SharedRedis
-from models import FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Log, Workflow, create_once, round_item_id
+from models import FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Log, Workflow, round_item_id
 from tasks.control import LocalControl, RedisControl
 from tasks.providers import ChatProvider, make_provider
 
@@ -111,23 +112,38 @@ async def publish_item(runtime: Runtime, kind: str, item: dict, workflow_id: str
     return await runtime.feed.emit(workflow_id, "chatdata", chatdata(kind, item, time.time()), chatdata_category(kind))
 
 
-async def end_round(runtime: Runtime, workflow_id: str, round_number: int, status: str, code: str = "", message: str = "") -> bool:
+async def end_round(
+    runtime: Runtime, workflow_id: str, round_number: int, status: str, code: str = "", message: str = "", *, emit: bool = True
+) -> bool:
     """Move a running round to its final status and emit its end event, exactly once:
-    whoever wins the conditional update (job, stop, liveness check) sends the event."""
-    updated = await Workflow.filter(id=workflow_id, round_number=round_number, status=RUNNING).update(
-        status=status, updated_at=time.time(), error_code=code, error_message=message[:500]
-    )
-    if not updated:
-        return False
-    data: dict = {"workflowId": workflow_id, "roundNumber": round_number}
-    if status == FAILED:
-        data |= {"code": code, "message": message}
-    events = [runtime.feed.emit(workflow_id, ROUND_END_EVENT[status], data, "workflow"), runtime.feed.finish(workflow_id)]
-    if (outcome := await _store_outcome(workflow_id, round_number, status, message)) is not None:
-        events.insert(0, publish_item(runtime, "log", outcome.to_item(), workflow_id))
-    # One trip: gather starts its tasks in order, so the end event comes after the log
-    # and the expiry after both.
-    await asyncio.gather(*events)
+    whoever wins the conditional update (job, stop, liveness check) sends the event.
+
+    One transaction, the emits inside: no one sees the status change before the end
+    event is in the feed. A start waits on the row instead of claiming the next round,
+    whose user message would come before this end in the feed, and a new subscriber
+    never finds the round ended without its end. A process that dies before the commit
+    leaves the round running, for the liveness check to end (see end_abandoned_round;
+    ``emit=False``: its end is in the feed already, only the database is behind)."""
+    async with in_transaction():
+        updated = await Workflow.filter(id=workflow_id, round_number=round_number, status=RUNNING).update(
+            status=status, updated_at=time.time(), error_code=code, error_message=message[:500]
+        )
+        if not updated:
+            return False
+        outcome = await _store_outcome(workflow_id, round_number, status, message)
+        if emit:
+            data: dict = {"workflowId": workflow_id, "roundNumber": round_number}
+            if status == FAILED:
+                data |= {"code": code, "message": message}
+            # One trip: gather starts its tasks in order, so the end event comes after the
+            # log and the expiry after both.
+            await asyncio.gather(
+                *([publish_item(runtime, "log", outcome.to_item(), workflow_id)] if outcome else []),
+                runtime.feed.emit(workflow_id, ROUND_END_EVENT[status], data, "workflow"),
+                runtime.feed.finish(workflow_id),
+            )
+        else:
+            await runtime.feed.finish(workflow_id)
     return True
 
 
@@ -136,8 +152,8 @@ async def _store_outcome(workflow_id: str, round_number: int, status: str, messa
     latest round's status and error, and a reloaded conversation shows every round's."""
     if status not in (FAILED, STOPPED):
         return None
-    text = message or "Stopped before the reply was finished."
-    return await create_once(
-        Log, id=round_item_id(workflow_id, round_number, "outcome"), workflow_id=workflow_id, message=text,
-        type="error" if status == FAILED else "stopped", status=status, round_number=round_number,
+    return await Log.create(
+        id=round_item_id(workflow_id, round_number, "outcome"), workflow_id=workflow_id,
+        message=message or "Stopped before the reply was finished.", type="error" if status == FAILED else "stopped",
+        status=status, round_number=round_number,
     )

@@ -214,7 +214,7 @@ class _Stream:
         # A client back from a snapshot cursor after whole rounds ran gets those rounds'
         # events as they were sent (deltas and ends included) while the feed holds them.
         replayed = _replayed_round(rows, skip, retained)
-        if workflow.status == RUNNING:
+        if workflow.status == RUNNING or _ending(retained, current):
             self.closing_round = self.running_round = current
             first_from_feed = current if replayed is None else replayed
         elif replayed is not None:
@@ -277,6 +277,15 @@ def _replayed_round(rows: list[tuple[str, dict, Message | Log]], skip: int, reta
     if rows[skip - 1][2].round_number == first_unseen:  # it left in the middle of this round's items
         first_unseen += 1
     return first_unseen if _round_start(retained, first_unseen) < len(retained) else None
+
+
+def _ending(events: list[Event], round_number: int) -> bool:
+    """Whether the feed holds the round's start but not yet its end: its status changed
+    after the feed was read, and the rest of it, to its end, is on its way."""
+    start = _round_start(events, round_number)
+    return start < len(events) and not any(
+        event.type in END_EVENTS and event.data.get("roundNumber") == round_number for event in events[start:]
+    )
 
 
 def _after_last_end(events: list[Event]) -> int:

@@ -1,5 +1,6 @@
 """The chatbot job run twice (a worker died, arq retried it) or with its feed failing under
-it: nothing stored twice, the stored text is the text sent, and the round always ends."""
+it: nothing stored twice, the stored text is the text sent, and the round always ends,
+once, with its end in the feed before anyone sees the round ended."""
 from __future__ import annotations
 
 import asyncio
@@ -8,11 +9,11 @@ import pytest
 
 from config import Settings
 from events import ORIGIN
-from models import COMPLETED, FAILED, RUNNING, Log, Message, Workflow, round_item_id
+from models import COMPLETED, FAILED, RUNNING, STOPPED, Log, Message, Workflow, round_item_id
 from models.db import close_db, open_db
-from tasks.chatbot import run_chatbot
-from tasks.runtime import Runtime
-from tasks.workflows import fail_orphaned_rounds
+from tasks.chatbot import end_abandoned_round, run_chatbot
+from tasks.runtime import Runtime, end_round, publish_item
+from tasks.workflows import END_EVENTS, fail_orphaned_rounds, start_round, stream_workflow
 
 
 @pytest.fixture
@@ -158,3 +159,84 @@ async def test_a_stop_as_the_usage_comes_leaves_no_stored_log_unsent(runtime):
     stored = {entry.id for entry in await Log.filter(workflow_id=workflow.id)}
     assert stored <= sent, "a log was stored and never sent"
     assert [entry.type for entry in await Log.filter(workflow_id=workflow.id, type="usage")] == ["usage"]
+
+
+async def test_the_next_round_starts_only_once_the_last_ones_end_is_sent(runtime, monkeypatch):
+    # A start that saw the round ended before its end event was in the feed claimed the
+    # next round: its user message came before that end, and the end reached the new
+    # round's subscribers as if it were theirs.
+    workflow = await running_round()
+    emit, sent = runtime.feed.emit, asyncio.Event()
+
+    async def emit_ends_slowly(context_id, event_type, data, category="default"):
+        if event_type in END_EVENTS:
+            await sent.wait()
+        return await emit(context_id, event_type, data, category)
+
+    monkeypatch.setattr(runtime.feed, "emit", emit_ends_slowly)
+    ending = asyncio.create_task(end_round(runtime, workflow.id, 1, STOPPED))
+    await asyncio.sleep(0.05)  # the round's end is on its way to the feed
+    starting = asyncio.create_task(start_round(runtime, "someone", "next", workflow.id))
+    await asyncio.sleep(0.1)
+    sent.set()
+    assert await ending
+    _, message = await starting
+    order = [e.type if e.type != "chatdata" else e.data["item"].get("id") for e in await runtime.feed.read(workflow.id, ORIGIN)]
+    assert order.index("stopped") < order.index(message.id)
+
+
+async def round_sent_as_far_as(runtime: Runtime, *texts: str) -> Workflow:
+    """A running round whose job died: its user message and these deltas were sent."""
+    workflow = await running_round()
+    user = await Message.get(id=round_item_id(workflow.id, 1, "user"))
+    await publish_item(runtime, "message", user.to_item(), workflow.id)
+    for index, text in enumerate(texts):
+        delta = {"messageId": round_item_id(workflow.id, 1, "assistant"), "index": index, "text": text}
+        await publish_item(runtime, "delta", delta, workflow.id)
+    return workflow
+
+
+async def test_what_a_dead_job_stored_but_never_sent_is_sent_as_its_round_ends(runtime):
+    workflow = await round_sent_as_far_as(runtime, "Hel", "lo")
+    step = await Log.create(id=round_item_id(workflow.id, 1, "late step"), workflow=workflow, message="a step", round_number=1)
+    reply = await Message.create(id=round_item_id(workflow.id, 1, "assistant"), workflow=workflow, role="assistant", content="Hello",
+                                 round_number=1)
+    assert await end_abandoned_round(runtime, workflow.id, 1)
+    events = await runtime.feed.read(workflow.id, ORIGIN)
+    ids = [e.data["item"].get("id") for e in events if e.type == "chatdata"]
+    assert ids.count(step.id) == 1 and ids.count(reply.id) == 1, "a stored item never reached the feed"
+    assert events[-1].type == "error"
+
+
+async def test_a_round_whose_job_died_after_sending_its_end_keeps_that_end(runtime):
+    # The end event went out; the process died before the transaction that changes the
+    # status committed. The round ends as that event said, and no second end is sent.
+    workflow = await round_sent_as_far_as(runtime, "Done.")
+    await Message.create(id=round_item_id(workflow.id, 1, "assistant"), workflow=workflow, role="assistant", content="Done.",
+                         round_number=1)
+    await runtime.feed.emit(workflow.id, "complete", {"workflowId": workflow.id, "roundNumber": 1}, "workflow")
+    assert await end_abandoned_round(runtime, workflow.id, 1)
+    assert (await Workflow.get(id=workflow.id)).status == COMPLETED
+    assert (await event_types(runtime, workflow)).count("complete") == 1
+    assert "error" not in await event_types(runtime, workflow)
+
+
+async def test_a_subscriber_who_finds_a_round_ended_before_its_end_was_sent_follows_it_to_that_end(runtime):
+    # A stream that read the feed just before a round's end was emitted, and its status
+    # just after: that round is the one it follows (its end closes it, nothing twice).
+    workflow = await round_sent_as_far_as(runtime, "Hel", "lo")
+    reply = await Message.create(id=round_item_id(workflow.id, 1, "assistant"), workflow=workflow, role="assistant", content="Hello",
+                                 round_number=1)
+    await publish_item(runtime, "message", reply.to_item(), workflow.id)
+    emit = runtime.feed.emit
+    runtime.feed.emit = lambda *args, **kwargs: asyncio.sleep(0, "0-0")  # the end is on its way: sent later
+    assert await end_round(runtime, workflow.id, 1, STOPPED)
+    runtime.feed.emit = emit
+    stream = await stream_workflow(runtime, "someone", workflow.id, None, None)
+    snapshot = await anext(stream)
+    assert snapshot.count("data:") == 4  # the user message, the two deltas and the reply
+    outcome = await Log.get(workflow_id=workflow.id, type="stopped")
+    await publish_item(runtime, "log", outcome.to_item(), workflow.id)
+    await runtime.feed.emit(workflow.id, "stopped", {"workflowId": workflow.id, "roundNumber": 1}, "workflow")
+    rest = "".join([chunk async for chunk in stream])  # it ends: no wait for a round 2
+    assert rest.count(outcome.id) == 1 and rest.rstrip().split("\n")[-2] == "event: stopped"
