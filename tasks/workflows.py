@@ -230,6 +230,9 @@ class _Stream:
             live_part, stored = retained[_after_last_end(retained) :], rows
         # What was sent from the database of the latest rounds may still arrive live.
         self.sent_ids = tuple(item["id"] for _, item, row in stored if row.round_number >= current)
+        if skip > len(stored):  # the client had more from the database than now comes from it
+            self.sent_ids += tuple(item["id"] for _, item, _ in rows[len(stored) : skip])
+            live_part = [event for event in live_part if not self._seen(event)]
         synthetic = [
             Event(f"0-{i}", "chatdata", chatdata_category(kind), encode(chatdata(kind, item, item["createdAt"])))
             for i, (kind, item, _) in enumerate(stored, start=1)

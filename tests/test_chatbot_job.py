@@ -240,3 +240,18 @@ async def test_a_subscriber_who_finds_a_round_ended_before_its_end_was_sent_foll
     await runtime.feed.emit(workflow.id, "stopped", {"workflowId": workflow.id, "roundNumber": 1}, "workflow")
     rest = "".join([chunk async for chunk in stream])  # it ends: no wait for a round 2
     assert rest.count(outcome.id) == 1 and rest.rstrip().split("\n")[-2] == "event: stopped"
+
+
+async def test_a_client_back_from_a_snapshot_that_held_a_round_not_yet_sent_gets_nothing_twice(runtime):
+    # Its snapshot came between a start's insert and its emit: the new round's user
+    # message came from the database (cursor 0-m), and then reached the feed.
+    workflow = await running_round()  # its user message stored, not yet emitted
+    message = await Message.get(id=round_item_id(workflow.id, 1, "user"))
+    stream = await stream_workflow(runtime, "someone", workflow.id, None, None)
+    snapshot = await anext(stream)
+    await stream.aclose()
+    assert snapshot.count(message.id) == 1 and snapshot.startswith("id: 0-1\n")
+    await publish_item(runtime, "message", message.to_item(), workflow.id)  # the start goes on
+    await runtime.feed.emit(workflow.id, "complete", {"workflowId": workflow.id, "roundNumber": 1}, "workflow")
+    rest = "".join([chunk async for chunk in await stream_workflow(runtime, "someone", workflow.id, "0-1", None)])
+    assert message.id not in rest and "event: complete" in rest
