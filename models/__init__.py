@@ -150,5 +150,16 @@ async def chat_items(workflow_id: str) -> list[tuple[str, dict, Message | Log]]:
     messages, logs = await asyncio.gather(
         Message.filter(workflow_id=workflow_id).order_by("created_at", "id"), Log.filter(workflow_id=workflow_id).order_by("created_at", "id")
     )
+    return _in_order(messages, logs)
+
+
+async def round_items(workflow_id: str, round_number: int) -> list[tuple[str, dict, Message | Log]]:
+    """A round's stored messages and logs, as chat_items; one query after the other, as a
+    transaction's one connection takes them."""
+    messages = await Message.filter(workflow_id=workflow_id, round_number=round_number)
+    return _in_order(messages, await Log.filter(workflow_id=workflow_id, round_number=round_number))
+
+
+def _in_order(messages: list[Message], logs: list[Log]) -> list[tuple[str, dict, Message | Log]]:
     rows = [("message", m.to_item(), m) for m in messages] + [("log", entry.to_item(), entry) for entry in logs]
     return sorted(rows, key=lambda row: (row[2].created_at, row[0] == "message", row[2].id))

@@ -11,7 +11,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from events import Event, FeedGap
-from models import COMPLETED, FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Log, Message, chat_items, create_once, recent_messages, round_item_id
+from models import COMPLETED, FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Log, Message, create_once, recent_messages, round_item_id, round_items
 from tasks.providers import ChatTurn, ProviderError
 from tasks.runtime import Runtime, end_round, publish_item
 
@@ -64,18 +64,21 @@ async def end_abandoned_round(runtime: Runtime, workflow_id: str, round_number: 
     """End a round whose job is gone (failed as worker_lost, or stopped), keeping its
     reply as far as it was sent: the deltas the feed holds become the stored message, so
     what the user saw survives a reload. What its job stored but died before sending is
-    sent now, and an end it sent but died before storing stands. Whether this call ended
-    it (see end_round)."""
-    try:
-        events = await runtime.feed.read(workflow_id)
-    except FeedGap:
-        events = []
-    chat, reply = ChatRound(workflow_id, round_number), Reply(round_item_id(workflow_id, round_number, "assistant"))
+    sent, and an end it sent but died before storing stands. Whether this call ended it
+    (see end_round: several processes may find the round lost at once, one sends)."""
+    events = await _retained(runtime, workflow_id)
     if (sent_end := _end_in(events, round_number)) is not None:
         return await end_round(runtime, workflow_id, round_number, *sent_end, emit=False)
-    await _send_unsent_items(runtime, chat, events)
-    reply.parts = _sent_pieces(events, reply.message_id)
-    return await _finish(runtime, chat, reply, status, *(WORKER_LOST if status == FAILED else ()))
+    chat = ChatRound(workflow_id, round_number)
+    error = WORKER_LOST if status == FAILED else ()
+    return await end_round(runtime, workflow_id, round_number, status, *error, before_end=lambda: _salvage(runtime, chat))
+
+
+async def _retained(runtime: Runtime, workflow_id: str) -> list[Event]:
+    try:
+        return await runtime.feed.read(workflow_id)
+    except FeedGap:
+        return []
 
 
 def _end_in(events: list[Event], round_number: int) -> tuple[str, ...] | None:
@@ -86,14 +89,25 @@ def _end_in(events: list[Event], round_number: int) -> tuple[str, ...] | None:
     return None
 
 
-async def _send_unsent_items(runtime: Runtime, chat: ChatRound, events: list[Event]) -> None:
-    """Emit the round's stored messages and logs the feed lacks, if it holds the round
-    from its start (else what was sent cannot be told)."""
+async def _salvage(runtime: Runtime, chat: ChatRound) -> None:
+    """Done by whoever ends the round (see end_round): the deltas the feed holds become
+    the stored reply unless its job stored one, and what is stored of the round but not
+    in the feed is sent. Nothing, if the feed does not hold the round from its start
+    (what was sent cannot be told)."""
+    events = await _retained(runtime, chat.workflow_id)
     sent = {e.data["item"].get("id") for e in events if e.type == "chatdata"}
     if round_item_id(chat.workflow_id, chat.number, "user") not in sent:
         return
-    for kind, item, row in await chat_items(chat.workflow_id):
-        if row.round_number == chat.number and item["id"] not in sent:
+    rows = await round_items(chat.workflow_id, chat.number)
+    reply = Reply(round_item_id(chat.workflow_id, chat.number, "assistant"))
+    reply.parts = _sent_pieces(events, reply.message_id)
+    if reply.parts and all(item["id"] != reply.message_id for _, item, _ in rows):
+        message = await Message.create(
+            id=reply.message_id, workflow_id=chat.workflow_id, role="assistant", content=reply.text, round_number=chat.number
+        )
+        rows.append(("message", message.to_item(), message))
+    for kind, item, _ in rows:
+        if item["id"] not in sent:
             await publish_item(runtime, kind, item, chat.workflow_id)
 
 

@@ -113,7 +113,8 @@ async def publish_item(runtime: Runtime, kind: str, item: dict, workflow_id: str
 
 
 async def end_round(
-    runtime: Runtime, workflow_id: str, round_number: int, status: str, code: str = "", message: str = "", *, emit: bool = True
+    runtime: Runtime, workflow_id: str, round_number: int, status: str, code: str = "", message: str = "", *,
+    emit: bool = True, before_end: Callable[[], Awaitable[None]] | None = None,
 ) -> bool:
     """Move a running round to its final status and emit its end event, exactly once:
     whoever wins the conditional update (job, stop, liveness check) sends the event.
@@ -123,13 +124,16 @@ async def end_round(
     whose user message would come before this end in the feed, and a new subscriber
     never finds the round ended without its end. A process that dies before the commit
     leaves the round running, for the liveness check to end (see end_abandoned_round;
-    ``emit=False``: its end is in the feed already, only the database is behind)."""
+    ``emit=False``: its end is in the feed already, only the database is behind;
+    ``before_end``: what only the one who ends the round sends, before the end)."""
     async with in_transaction():
         updated = await Workflow.filter(id=workflow_id, round_number=round_number, status=RUNNING).update(
             status=status, updated_at=time.time(), error_code=code, error_message=message[:500]
         )
         if not updated:
             return False
+        if before_end is not None:
+            await before_end()
         outcome = await _store_outcome(workflow_id, round_number, status, message)
         if emit:
             data: dict = {"workflowId": workflow_id, "roundNumber": round_number}
