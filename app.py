@@ -15,7 +15,7 @@ from quart_schema import QuartSchema, RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
 
 from blueprints import api_error, chat, health, page, send_streams_after_quart, stream
-from config import Settings
+from config import LOG_FORMAT, Settings
 from models.db import close_db, open_db, serving_alone
 from tasks.runtime import Runtime
 from tasks.workflows import PromptTooLong, RoundRunning, WorkflowNotFound, fail_orphaned_rounds
@@ -23,6 +23,7 @@ from tasks.workflows import PromptTooLong, RoundRunning, WorkflowNotFound, fail_
 
 def create_app(test_config: dict | None = None) -> Quart:
     settings = Settings.from_env(**(test_config or {}))
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)  # unless the server configured logging
     app = Quart(__name__, static_folder="static")
     app.config.update(
         SECRET_KEY=settings.secret_key,

@@ -60,8 +60,10 @@ async def open_db(database_url: str, *, migrate: bool = False) -> None:
     config = tortoise_config(database_url)
     await Tortoise.init(config=config)  # first: aerich reuses an initialised Tortoise as it is
     if migrate:
+        if not (location := migrations_for(database_url)).is_dir():  # aerich would apply nothing, and say nothing
+            raise RuntimeError(f"No migrations at {location}: run the app from its checkout (see README.md)")
         async with _migrating_alone(database_url):
-            command = Command(tortoise_config=config, app="models", location=str(migrations_for(database_url)))
+            command = Command(tortoise_config=config, app="models", location=str(location))
             await command.init()
             await command.upgrade(run_in_transaction=True)
 

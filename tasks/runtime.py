@@ -23,6 +23,7 @@ from tasks.providers import ChatProvider, make_provider
 log = logging.getLogger(__name__)
 
 CHAT_JOB = "run_chatbot"
+CHAT_JOB_PREFIX = "chat"  # a chat job's id: chat:<workflow id>:<round number>
 
 # arq's ArqRedis.enqueue_job as one atomic script: the job, in arq's own format, unless a
 # job or result with its id exists. arq's version holds a pooled connection for three
@@ -60,7 +61,7 @@ class Runtime:
 
     async def enqueue_round(self, workflow_id: str, round_number: int) -> None:
         if self.redis is not None:
-            job_id, now = f"chat:{workflow_id}:{round_number}", timestamp_ms()
+            job_id, now = f"{CHAT_JOB_PREFIX}:{workflow_id}:{round_number}", timestamp_ms()
             job = serialize_job(CHAT_JOB, (workflow_id, round_number), {}, None, now)
             keys = (job_key_prefix + job_id, result_key_prefix + job_id, self.settings.queue_name)
             # The lease before the job, in one write: Redis runs a connection's commands in

@@ -10,11 +10,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
-from config import Settings
+from config import LOG_FORMAT, Settings
 from models.db import close_db, open_db
 from tasks.chatbot import run_chatbot
 from tasks.control import RedisControl
-from tasks.runtime import Runtime
+from tasks.runtime import CHAT_JOB_PREFIX, Runtime
 
 _settings = Settings.from_env()
 REDIS_RETRIES = 20  # backoff capped at 1 s: ≈ 15 s of outage
@@ -28,7 +28,10 @@ else:
 
 
 async def startup(ctx: dict) -> None:
-    logging.basicConfig(level=logging.INFO)
+    if _settings.redis_url is None:  # arq would have used redis://localhost:6379 all the same
+        raise RuntimeError("REDIS_URL is not set: workers serve Redis mode; give them the web process's REDIS_URL")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    logging.getLogger("arq").propagate = False  # arq logs through a handler of its own
     await open_db(_settings.database_url)
     runtime = ctx["runtime"] = await Runtime.open(_settings, runs_jobs=True)
     assert isinstance(runtime.control, RedisControl)
@@ -40,9 +43,13 @@ async def leave_queue(ctx: dict) -> None:
     round trips each) on every poll, so with hundreds of chats running a poll takes
     longer and longer and a new chat waits behind all of them. A started chat job leaves
     the queue; if its worker dies, the round's lease ends it (see tasks/control.py), so
-    the lease becomes a running job's now (a queued one's is longer)."""
+    the lease becomes a running job's now (a queued one's is longer). Other jobs (yours)
+    stay, for arq to run again if their worker dies."""
+    kind, _, round_key = ctx["job_id"].partition(":")
+    if kind != CHAT_JOB_PREFIX:
+        return
     runtime: Runtime = ctx["runtime"]
-    _, workflow_id, round_number = ctx["job_id"].split(":")  # as Runtime.enqueue_round names it
+    workflow_id, _, round_number = round_key.partition(":")  # as Runtime.enqueue_round names it
     await asyncio.gather(
         runtime.redis.execute("ZREM", _settings.queue_name, ctx["job_id"]), runtime.control.taken(workflow_id, int(round_number))
     )

@@ -85,6 +85,15 @@ async def db(database_url):
         await close_db()
 
 
+async def test_an_install_without_its_migrations_refuses_to_start(tmp_path, monkeypatch):
+    # `pip install .` run elsewhere than the checkout: aerich would find no migration,
+    # apply nothing and report success, and every query would then fail.
+    monkeypatch.setattr("models.db.MIGRATIONS", tmp_path / "nowhere")
+    with pytest.raises(RuntimeError, match="No migrations at"):
+        await open_db(f"sqlite://{tmp_path / 'chat.sqlite3'}", migrate=True)
+    await close_db()
+
+
 async def test_the_list_holds_every_workflow_of_its_owner(db):
     owner = f"user-{uuid.uuid4().hex[:8]}"
     await Workflow.bulk_create([Workflow(owner_id=owner, title=f"w{i}", updated_at=1000.0 + i) for i in range(250)])

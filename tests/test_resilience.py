@@ -245,28 +245,60 @@ async def test_a_subscriber_joining_a_reply_longer_than_the_feed_keeps_gets_the_
         assert late[-1].event == "complete"
 
 
-async def test_a_taken_job_holds_the_round_by_a_running_jobs_lease(redis_url):
-    # A queued round's lease is long (the queue may be slow); once a worker has taken its
-    # job, a worker dying before the job runs must be noticed as fast as one dying in it.
+@pytest.fixture
+async def bare_runtime(redis_url):
+    """A web process's runtime on the test Redis, under a key prefix of its own (no database)."""
     import uuid
     from dataclasses import replace
 
     from config import Settings
     from tasks.runtime import Runtime
 
-    policy = asyncio.get_event_loop_policy()
-    from tasks.worker import leave_queue  # it makes uvloop's the loop policy, for arq: not for the tests
-
-    asyncio.set_event_loop_policy(policy)
-
     settings = replace(Settings.from_env(), redis_url=redis_url, key_prefix=f"test-{uuid.uuid4().hex[:8]}:", lease_seconds=2.0)
     runtime = await Runtime.open(settings, runs_jobs=False)
-    lease = f"{settings.key_prefix}lease:wf:1"
+    yield runtime
+    await runtime.close()
+
+
+def worker_module():
+    """tasks.worker, which makes uvloop's the loop policy on import (for arq): not the tests'."""
+    policy = asyncio.get_event_loop_policy()
+    import tasks.worker
+
+    asyncio.set_event_loop_policy(policy)
+    return tasks.worker
+
+
+async def test_a_taken_job_holds_the_round_by_a_running_jobs_lease(bare_runtime):
+    # A queued round's lease is long (the queue may be slow); once a worker has taken its
+    # job, a worker dying before the job runs must be noticed as fast as one dying in it.
+    lease = f"{bare_runtime.settings.key_prefix}lease:wf:1"
     try:
-        await runtime.control.expect("wf", 1)
-        assert await runtime.redis.execute("PTTL", lease) > 20_000
-        await leave_queue({"runtime": runtime, "job_id": "chat:wf:1"})
-        assert 0 < await runtime.redis.execute("PTTL", lease) <= 2_000
+        await bare_runtime.control.expect("wf", 1)
+        assert await bare_runtime.redis.execute("PTTL", lease) > 20_000
+        await worker_module().leave_queue({"runtime": bare_runtime, "job_id": "chat:wf:1"})
+        assert 0 < await bare_runtime.redis.execute("PTTL", lease) <= 2_000
     finally:
-        await runtime.redis.execute("DEL", lease)
-        await runtime.close()
+        await bare_runtime.redis.execute("DEL", lease)
+
+
+async def test_a_job_of_your_own_stays_in_the_queue_while_it_runs(bare_runtime):
+    # Chat jobs leave arq's queue when they start (their rounds' leases stand in for
+    # arq's retry); any other job must stay, for arq to run again if its worker dies.
+    worker = worker_module()
+    queue, job_id = worker.WorkerSettings.queue_name, f"index-document:{bare_runtime.settings.key_prefix}"
+    try:
+        await bare_runtime.redis.execute("ZADD", queue, 1, job_id)
+        await worker.leave_queue({"runtime": bare_runtime, "job_id": job_id})
+        assert await bare_runtime.redis.execute("ZSCORE", queue, job_id) is not None
+    finally:
+        await bare_runtime.redis.execute("ZREM", queue, job_id)
+
+
+async def test_a_worker_without_redis_url_says_so():
+    # arq alone would use redis://localhost:6379, someone else's maybe, and fail later.
+    worker = worker_module()
+    if worker._settings.redis_url is not None:
+        pytest.skip("REDIS_URL is set in this environment")
+    with pytest.raises(RuntimeError, match="REDIS_URL is not set"):
+        await worker.startup({})
