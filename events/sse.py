@@ -1,7 +1,12 @@
-"""Server-Sent Events framing (https://html.spec.whatwg.org/multipage/server-sent-events.html)."""
+"""Server-Sent Events (https://html.spec.whatwg.org/multipage/server-sent-events.html):
+the framing, and a feed context's events as an SSE body for blueprints of your own."""
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator, Iterable
+from contextlib import aclosing
+
+from events import ORIGIN, Event, EventFeed, FeedGap, category_set, parse_cursor, wanted
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
@@ -25,3 +30,34 @@ def comment(text: str) -> str:
 
 
 KEEPALIVE = comment("keepalive")
+
+
+async def stream_context(
+    feed: EventFeed, context_id: str, last_event_id: str | None = None, categories: Iterable[str] | None = None,
+    keepalive: float = 15.0,
+) -> AsyncIterator[str]:
+    """A context's events as SSE text, each with its cursor as its id: after
+    ``last_event_id`` (a reconnecting client's ``Last-Event-ID``), else all that the feed
+    retains, then live, with a keepalive comment while idle. A cursor the feed never
+    issued or no longer holds starts over from what it retains; a client that falls
+    behind what it retains later is let go, to come back with its last id."""
+    wanted_ones = category_set(categories)
+    try:
+        parse_cursor(after := last_event_id or ORIGIN)
+        backlog = await feed.read(context_id, after)
+    except (ValueError, FeedGap):
+        after, backlog = ORIGIN, await feed.read(context_id)
+    if backlog:
+        after = backlog[-1].cursor
+        if chunk := _frames([e for e in backlog if wanted(e, wanted_ones)]):
+            yield chunk
+    try:
+        async with aclosing(feed.subscribe(context_id, after, wanted_ones, idle_timeout=keepalive)) as subscription:
+            async for batch in subscription:
+                yield _frames(batch) or KEEPALIVE
+    except FeedGap:
+        return
+
+
+def _frames(events: list[Event]) -> str:
+    return "".join(frame(e.type, e.data_json, e.cursor) for e in events)

@@ -18,7 +18,7 @@ from quart.testing.app import LifespanError
 
 from app import create_app
 from blueprints import runtime, sse_response
-from events.sse import KEEPALIVE, frame
+from events.sse import frame, stream_context
 from models import Message
 from tasks import workflows
 from tests.servers import BIN, ROOT, free_port
@@ -170,13 +170,8 @@ def documents_blueprint() -> Blueprint:
     @bp.get("/api/documents/<doc_id>/events")
     async def events(doc_id):
         seen.append(weakref.ref(request._get_current_object()))
-        feed = runtime().feed  # the events are sent after the request: take what they need now
-
-        async def stream():
-            async for batch in feed.subscribe(f"doc:{doc_id}", idle_timeout=15):
-                yield "".join(frame(e.type, e.data_json, e.cursor) for e in batch) or KEEPALIVE
-
-        return await sse_response(stream())
+        last_event_id = request.headers.get("Last-Event-ID")
+        return await sse_response(stream_context(runtime().feed, f"doc:{doc_id}", last_event_id, keepalive=15))
 
     seen: list[weakref.ref] = []
     bp.requests_seen = seen
@@ -209,6 +204,27 @@ async def test_the_documented_extension_streams_and_lets_quart_free_the_request(
             await client.post("/api/documents/d1/progress")  # and live events follow
             await read_until(connection, b'data: {"percent":40}\n')
             await connection.disconnect()
+
+
+async def test_the_documented_extension_resumes_from_last_event_id(tmp_path):
+    app = create_app({"database_url": f"sqlite://{tmp_path / 'chat.sqlite3'}", "secret_key": "test"})
+    app.register_blueprint(documents_blueprint())
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        first, second = [(await (await client.post("/api/documents/d2/progress")).get_json())["cursor"] for _ in range(2)]
+
+        async def events_after(last_event_id: str | None) -> bytes:
+            """What the stream sends up to the second event (it comes last: ids increase)."""
+            headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+            async with client.request("/api/documents/d2/events", method="GET", headers=headers) as connection:
+                await connection.send_complete()
+                received = await read_until(connection, f"id: {second}\n".encode())
+                await connection.disconnect()
+            return received
+
+        assert f"id: {first}\n".encode() not in await events_after(first)
+        for unknown in (None, "not-a-cursor", "99999999999999-0"):  # ids it never issued: all it retains
+            assert f"id: {first}\n".encode() in await events_after(unknown)
 
 
 async def test_sse_response_without_the_middleware_is_sent_by_quart(tmp_path):
