@@ -153,10 +153,12 @@ class RedisControl(LocalControl):
         self._listener = asyncio.create_task(self._listen(Redis.from_url(redis_url)))
 
     async def _listen(self, redis: Redis) -> None:
+        backoff = 0.5
         while True:
             try:
                 async with redis.pubsub() as pubsub:
                     await pubsub.subscribe(self.channel)
+                    backoff = 0.5
                     async for message in pubsub.listen():
                         if message["type"] == "message":
                             data = message["data"]
@@ -165,8 +167,9 @@ class RedisControl(LocalControl):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("stop listener lost Redis (%s); reconnecting", exc)
-                await asyncio.sleep(0.5)
+                log.warning("stop listener lost Redis (%s); reconnecting in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(2 * backoff, 8.0)  # one line a few seconds while Redis is away, not two a second
 
     async def close(self) -> None:
         if self._listener is not None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 
@@ -12,6 +13,8 @@ from models import FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Log, Message, Work
 from tasks.chatbot import end_abandoned_round
 from tasks.metrics import EVENTS_SENT, OPEN_STREAMS, ROUNDS_STARTED
 from tasks.runtime import Runtime, chatdata, chatdata_category, publish_item
+
+log = logging.getLogger(__name__)
 
 END_EVENTS = frozenset(ROUND_END_EVENT.values())
 
@@ -100,6 +103,7 @@ async def fail_if_lost(runtime: Runtime, workflow: Workflow) -> None:
     """A round marked running whose job is gone (its worker died) ends as failed."""
     if workflow.status == RUNNING and not await _job_alive(runtime, workflow):
         if await end_abandoned_round(runtime, workflow.id, workflow.round_number):
+            log.warning("round %s/%s failed: its job's lease ran out (its worker died or stalled)", workflow.id, workflow.round_number)
             workflow.status = FAILED
 
 

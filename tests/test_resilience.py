@@ -79,6 +79,7 @@ async def test_a_worker_killed_mid_reply_ends_the_round_with_an_error_keeping_th
     detail = (await client.get(f"/api/chatbot/{started['workflowId']}")).json()
     assert detail["workflow"]["status"] == "failed"
     assert detail["workflow"]["error"]["code"] == "worker_lost"
+    assert f"round {started['workflowId']}/1 failed: its job's lease ran out" in (server.logs / "web.log").read_text()  # said
     assert [i["item"] for i in detail["items"] if i["type"] == "message"][1] == reply
     outcome = round_outcome(events)
     assert (outcome["type"], outcome["status"], outcome["message"]) == ("error", "failed", rest[-1].data["message"])
