@@ -11,13 +11,12 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from events import Event, FeedGap
-from models import COMPLETED, FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Log, Message, create_once, recent_messages, round_item_id, round_items
+from models import COMPLETED, FAILED, RUNNING, STOPPED, Log, Message, create_once, recent_messages, round_item_id, round_items
 from tasks.providers import ChatTurn, ProviderError
 from tasks.runtime import Runtime, end_round, publish_item
 
 log = logging.getLogger(__name__)
 
-END_STATUS = {event: status for status, event in ROUND_END_EVENT.items()}
 WORKER_LOST = ("worker_lost", "The worker generating this reply stopped before it finished. Please retry.")
 
 
@@ -64,11 +63,8 @@ async def end_abandoned_round(runtime: Runtime, workflow_id: str, round_number: 
     """End a round whose job is gone (failed as worker_lost, or stopped), keeping its
     reply as far as it was sent: the deltas the feed holds become the stored message, so
     what the user saw survives a reload. What its job stored but died before sending is
-    sent, and an end it sent but died before storing stands. Whether this call ended it
-    (see end_round: several processes may find the round lost at once, one sends)."""
-    events = await _retained(runtime, workflow_id)
-    if (sent_end := _end_in(events, round_number)) is not None:
-        return await end_round(runtime, workflow_id, round_number, *sent_end, emit=False)
+    sent. Whether this call ended it (see end_round: several processes may find the round
+    lost at once, one sends)."""
     chat = ChatRound(workflow_id, round_number)
     error = WORKER_LOST if status == FAILED else ()
     return await end_round(runtime, workflow_id, round_number, status, *error, before_end=lambda: _salvage(runtime, chat))
@@ -79,14 +75,6 @@ async def _retained(runtime: Runtime, workflow_id: str) -> list[Event]:
         return await runtime.feed.read(workflow_id)
     except FeedGap:
         return []
-
-
-def _end_in(events: list[Event], round_number: int) -> tuple[str, ...] | None:
-    """The status (and error) of the round's end event in ``events``, if it is there."""
-    for event in events:
-        if event.type in END_STATUS and event.data.get("roundNumber") == round_number:
-            return END_STATUS[event.type], event.data.get("code", ""), event.data.get("message", "")
-    return None
 
 
 async def _salvage(runtime: Runtime, chat: ChatRound) -> None:

@@ -115,18 +115,15 @@ async def publish_item(runtime: Runtime, kind: str, item: dict, workflow_id: str
 
 async def end_round(
     runtime: Runtime, workflow_id: str, round_number: int, status: str, code: str = "", message: str = "", *,
-    emit: bool = True, before_end: Callable[[], Awaitable[None]] | None = None,
+    before_end: Callable[[], Awaitable[None]] | None = None,
 ) -> bool:
     """Move a running round to its final status and emit its end event, exactly once:
-    whoever wins the conditional update (job, stop, liveness check) sends the event.
+    whoever wins the conditional update (job, stop, liveness check) sends the event, and
+    ``before_end`` (what only that one may send, before the end) runs in its transaction.
 
-    One transaction, the emits inside: no one sees the status change before the end
-    event is in the feed. A start waits on the row instead of claiming the next round,
-    whose user message would come before this end in the feed, and a new subscriber
-    never finds the round ended without its end. A process that dies before the commit
-    leaves the round running, for the liveness check to end (see end_abandoned_round;
-    ``emit=False``: its end is in the feed already, only the database is behind;
-    ``before_end``: what only the one who ends the round sends, before the end)."""
+    The end goes out after the commit: a client that got it reads the round ended. A
+    stream that reads the round ended before its end is in the feed follows it to that
+    end (see _Stream._snapshot)."""
     async with in_transaction():
         updated = await Workflow.filter(id=workflow_id, round_number=round_number, status=RUNNING).update(
             status=status, updated_at=time.time(), error_code=code, error_message=message[:500]
@@ -136,19 +133,16 @@ async def end_round(
         if before_end is not None:
             await before_end()
         outcome = await _store_outcome(workflow_id, round_number, status, message)
-        if emit:
-            data: dict = {"workflowId": workflow_id, "roundNumber": round_number}
-            if status == FAILED:
-                data |= {"code": code, "message": message}
-            # One trip: gather starts its tasks in order, so the end event comes after the
-            # log and the expiry after both.
-            await asyncio.gather(
-                *([publish_item(runtime, "log", outcome.to_item(), workflow_id)] if outcome else []),
-                runtime.feed.emit(workflow_id, ROUND_END_EVENT[status], data, "workflow"),
-                runtime.feed.finish(workflow_id),
-            )
-        else:
-            await runtime.feed.finish(workflow_id)
+    data: dict = {"workflowId": workflow_id, "roundNumber": round_number}
+    if status == FAILED:
+        data |= {"code": code, "message": message}
+    # One trip: gather starts its tasks in order, so the end event comes after the log
+    # and the expiry after both.
+    await asyncio.gather(
+        *([publish_item(runtime, "log", outcome.to_item(), workflow_id)] if outcome else []),
+        runtime.feed.emit(workflow_id, ROUND_END_EVENT[status], data, "workflow"),
+        runtime.feed.finish(workflow_id),
+    )
     return True
 
 
