@@ -23,7 +23,18 @@ from tasks.providers import ChatProvider, make_provider
 log = logging.getLogger(__name__)
 
 CHAT_JOB = "run_chatbot"
-CHAT_JOB_PREFIX = "chat"  # a chat job's id: chat:<workflow id>:<round number>
+
+
+def chat_job_id(workflow_id: str, round_number: int) -> str:
+    """A round's job id in arq: one job per round, whoever enqueues it."""
+    return f"chat:{workflow_id}:{round_number}"
+
+
+def chat_job_round(job_id: str) -> tuple[str, int] | None:
+    """The round a chat job's id names; None for any other job."""
+    kind, _, round_key = job_id.partition(":")
+    workflow_id, _, round_number = round_key.partition(":")
+    return (workflow_id, int(round_number)) if kind == "chat" else None
 
 # arq's ArqRedis.enqueue_job as one atomic script: the job, in arq's own format, unless a
 # job or result with its id exists. arq's version holds a pooled connection for three
@@ -61,7 +72,7 @@ class Runtime:
 
     async def enqueue_round(self, workflow_id: str, round_number: int) -> None:
         if self.redis is not None:
-            job_id, now = f"{CHAT_JOB_PREFIX}:{workflow_id}:{round_number}", timestamp_ms()
+            job_id, now = chat_job_id(workflow_id, round_number), timestamp_ms()
             job = serialize_job(CHAT_JOB, (workflow_id, round_number), {}, None, now)
             keys = (job_key_prefix + job_id, result_key_prefix + job_id, self.settings.queue_name)
             # The lease before the job, in one write: Redis runs a connection's commands in

@@ -14,7 +14,7 @@ from config import LOG_FORMAT, Settings
 from models.db import close_db, open_db
 from tasks.chatbot import run_chatbot
 from tasks.control import RedisControl
-from tasks.runtime import CHAT_JOB_PREFIX, Runtime
+from tasks.runtime import Runtime, chat_job_round
 
 _settings = Settings.from_env()
 REDIS_RETRIES = 20  # backoff capped at 1 s: ≈ 15 s of outage
@@ -45,14 +45,10 @@ async def leave_queue(ctx: dict) -> None:
     the queue; if its worker dies, the round's lease ends it (see tasks/control.py), so
     the lease becomes a running job's now (a queued one's is longer). Other jobs (yours)
     stay, for arq to run again if their worker dies."""
-    kind, _, round_key = ctx["job_id"].partition(":")
-    if kind != CHAT_JOB_PREFIX:
+    if (chat_round := chat_job_round(ctx["job_id"])) is None:
         return
     runtime: Runtime = ctx["runtime"]
-    workflow_id, _, round_number = round_key.partition(":")  # as Runtime.enqueue_round names it
-    await asyncio.gather(
-        runtime.redis.execute("ZREM", _settings.queue_name, ctx["job_id"]), runtime.control.taken(workflow_id, int(round_number))
-    )
+    await asyncio.gather(runtime.redis.execute("ZREM", _settings.queue_name, ctx["job_id"]), runtime.control.taken(*chat_round))
 
 
 async def shutdown(ctx: dict) -> None:

@@ -223,9 +223,9 @@ class _Stream:
             first_from_feed = current if replayed is None else replayed
         elif replayed is not None:
             self.closing_round = first_from_feed = replayed  # it closes at that round's end, as before it left
-        else:
+        else:  # the feed, read before the status, cannot hold a round after it
             self.closing_round = first_from_feed = current + 1
-        live_part = retained[_round_start(retained, first_from_feed) :]
+        live_part = retained[_round_start(retained, first_from_feed) :] if first_from_feed <= current else []
         stored = [row for row in rows if row[2].round_number < first_from_feed]
         if workflow.status == RUNNING and not live_part:
             # The feed does not hold the running round's start: not emitted yet, dropped
