@@ -65,9 +65,14 @@ class EventFeed(ABC):
         return sum(log.readers for log in self.logs.values())
 
     @abstractmethod
-    async def emit(self, context_id: str, event_type: str, data: dict, category: str = "default") -> str:
+    async def emit(self, context_id: str, event_type: str, data: dict, category: str = "default", *, once: str | None = None) -> str | None:
         """Append an event and return its cursor. The event is taken before the first
-        suspension: a caller cancelled while awaiting the cursor does not withdraw it."""
+        suspension: a caller cancelled while awaiting the cursor does not withdraw it.
+
+        With ``once``, a key of the caller's: the event is appended only if no event with
+        that key was appended to the context while it has been retained (None if not),
+        so that several processes that may each send it (a job, and whoever takes over
+        from a job that died) put it in the feed once."""
 
     @abstractmethod
     async def read(self, context_id: str, after: str = ORIGIN) -> list[Event]:

@@ -19,6 +19,7 @@ class MemoryFeed(EventFeed):
         self.max_events = max_events
         self.logs: dict[str, ContextLog] = {}
         self.expiries: dict[str, asyncio.TimerHandle] = {}
+        self.once_keys: dict[str, set[str]] = {}  # context id -> the ``once`` keys of its events
 
     def _log(self, context_id: str) -> ContextLog:
         # A context seen for the first time: cursors from an earlier life of it are gaps.
@@ -26,7 +27,11 @@ class MemoryFeed(EventFeed):
             log = self.logs[context_id] = ContextLog(self.max_events, floor=(_now_ms(), 0), holds_origin=True)
         return log
 
-    async def emit(self, context_id: str, event_type: str, data: dict, category: str = "default") -> str:
+    async def emit(self, context_id: str, event_type: str, data: dict, category: str = "default", *, once: str | None = None) -> str | None:
+        if once is not None:
+            if once in (sent := self.once_keys.setdefault(context_id, set())):
+                return None
+            sent.add(once)
         if (expiry := self.expiries.pop(context_id, None)) is not None:
             expiry.cancel()
         log = self._log(context_id)
@@ -71,6 +76,7 @@ class MemoryFeed(EventFeed):
 
     def _expire(self, context_id: str) -> None:
         self.expiries.pop(context_id, None)
+        self.once_keys.pop(context_id, None)
         if (log := self.logs.get(context_id)) is not None:
             if log.readers:
                 log.clear()

@@ -28,6 +28,14 @@ TTL_REFRESH_SECONDS = 1.0  # how often a busy context's ABANDONED_TTL is renewed
 WAKE_DEBOUNCE = 0.005
 READ_EVERY = 0.001
 
+# An event unless one with the same ``once`` key was added: the context's keys in a set
+# that lives at least as long as its stream (see emit and finish).
+EMIT_ONCE_SCRIPT = """
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return false end
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 't', ARGV[4], 'c', ARGV[5], 'd', ARGV[6])
+"""
+
 
 class RedisFeed(EventFeed):
     def __init__(
@@ -37,6 +45,7 @@ class RedisFeed(EventFeed):
         self.retention_seconds = retention_seconds
         self.max_events = max_events
         self.prefix = f"{key_prefix}feed:"
+        self.once_prefix = f"{key_prefix}feed-once:"
         self.redis = redis or SharedRedis(url)
         self._owns_redis = redis is None
         self.reader = ConnectionPool.from_url(url, decode_responses=True).make_connection()
@@ -51,13 +60,19 @@ class RedisFeed(EventFeed):
 
     # writing
 
-    async def emit(self, context_id: str, event_type: str, data: dict, category: str = "default") -> str:
+    async def emit(self, context_id: str, event_type: str, data: dict, category: str = "default", *, once: str | None = None) -> str | None:
         key = self.prefix + context_id
         # Sent before the first suspension (see EventFeed.emit), and the TTL after the XADD
         # that may create the key.
-        added = self.redis.send("XADD", key, "MAXLEN", "~", self.max_events, "*", "t", event_type, "c", category, "d", encode(data))
+        fields = ("t", event_type, "c", category, "d", encode(data))
+        if once is None:
+            added = self.redis.send("XADD", key, "MAXLEN", "~", self.max_events, "*", *fields)
+        else:
+            keys = (key, self.once_prefix + context_id)
+            added = self.redis.send("EVAL", EMIT_ONCE_SCRIPT, 2, *keys, once, ABANDONED_TTL, self.max_events, *fields[1::2])
         if self._ttl_is_stale(key):
-            self.redis.send("EXPIRE", key, ABANDONED_TTL).add_done_callback(_ignore)
+            for ttl_key in (key, self.once_prefix + context_id):
+                self.redis.send("EXPIRE", ttl_key, ABANDONED_TTL).add_done_callback(_ignore)
         return await added
 
     def _ttl_is_stale(self, key: str) -> bool:
@@ -74,9 +89,9 @@ class RedisFeed(EventFeed):
 
     async def finish(self, context_id: str, expire_after: float | None = None) -> None:
         delay = self.retention_seconds if expire_after is None else expire_after
-        key = self.prefix + context_id
+        key, ttl_ms = self.prefix + context_id, max(1, int(delay * 1000))
         self._fresh.discard(key)  # an emit after this must undo it
-        await self.redis.execute("PEXPIRE", key, max(1, int(delay * 1000)))
+        await asyncio.gather(self.redis.send("PEXPIRE", key, ttl_ms), self.redis.send("PEXPIRE", self.once_prefix + context_id, ttl_ms))
 
     # reading
 

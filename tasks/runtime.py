@@ -3,6 +3,7 @@ the model provider, opened together for the web process or for a worker."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -119,9 +120,10 @@ def chatdata_category(kind: str) -> str:
     return "workflow" if kind == "log" else "chat"
 
 
-async def publish_item(runtime: Runtime, kind: str, item: dict, workflow_id: str) -> str:
+async def publish_item(runtime: Runtime, kind: str, item: dict, workflow_id: str, *, once: str | None = None) -> str | None:
     """Emit a chatdata event now."""
-    return await runtime.feed.emit(workflow_id, "chatdata", chatdata(kind, item, time.time()), chatdata_category(kind))
+    data = chatdata(kind, item, time.time())
+    return await runtime.feed.emit(workflow_id, "chatdata", data, chatdata_category(kind), once=once)
 
 
 async def end_round(
@@ -134,7 +136,7 @@ async def end_round(
 
     The end goes out after the commit: a client that got it reads the round ended. A
     stream that reads the round ended before its end is in the feed follows it to that
-    end (see _Stream._snapshot)."""
+    end (see _Stream._snapshot); if the winner dies in between, resent_round_end sends it."""
     async with in_transaction():
         updated = await Workflow.filter(id=workflow_id, round_number=round_number, status=RUNNING).update(
             status=status, updated_at=time.time(), error_code=code, error_message=message[:500]
@@ -144,17 +146,41 @@ async def end_round(
         if before_end is not None:
             await before_end()
         outcome = await _store_outcome(workflow_id, round_number, status, message)
+    await asyncio.gather(*_round_end_sends(runtime, workflow_id, round_number, status, code, message, outcome))
+    return True
+
+
+async def resent_round_end(runtime: Runtime, workflow: Workflow) -> Callable[[], list[Awaitable]]:
+    """What puts the end of the workflow's latest round in the feed, if that round ended
+    lately (within the feed's retention): whoever ends a round commits, then sends, and
+    may die in between. Each event goes in once, whoever sends it first.
+
+    A function that makes the sends (none while the round runs), for the caller to gather
+    ahead of what must come after the end."""
+    if workflow.status == RUNNING or time.time() - workflow.updated_at >= runtime.settings.feed_retention_seconds:
+        return list  # an old round's context may be gone: a fresh one must not get its end
+    outcome = None
+    if workflow.status in (FAILED, STOPPED):
+        outcome = await Log.get_or_none(id=round_item_id(workflow.id, workflow.round_number, "outcome"))
+    message = outcome.message if outcome and workflow.error_message else workflow.error_message  # the row keeps 500 chars
+    return functools.partial(
+        _round_end_sends, runtime, workflow.id, workflow.round_number, workflow.status, workflow.error_code, message, outcome
+    )
+
+
+def _round_end_sends(
+    runtime: Runtime, workflow_id: str, round_number: int, status: str, code: str, message: str, outcome: Log | None
+) -> list[Awaitable]:
+    """A round's outcome log, its end event and its expiry, as awaitables that gather sends
+    in this order in one trip. Each event at most once in the feed (see EventFeed.emit)."""
     data: dict = {"workflowId": workflow_id, "roundNumber": round_number}
     if status == FAILED:
         data |= {"code": code, "message": message}
-    # One trip: gather starts its tasks in order, so the end event comes after the log
-    # and the expiry after both.
-    await asyncio.gather(
-        *([publish_item(runtime, "log", outcome.to_item(), workflow_id)] if outcome else []),
-        runtime.feed.emit(workflow_id, ROUND_END_EVENT[status], data, "workflow"),
+    return [
+        *([publish_item(runtime, "log", outcome.to_item(), workflow_id, once=outcome.id)] if outcome else []),
+        runtime.feed.emit(workflow_id, ROUND_END_EVENT[status], data, "workflow", once=f"end:{round_number}"),
         runtime.feed.finish(workflow_id),
-    )
-    return True
+    ]
 
 
 async def _store_outcome(workflow_id: str, round_number: int, status: str, message: str) -> Log | None:

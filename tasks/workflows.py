@@ -12,7 +12,7 @@ from events.sse import KEEPALIVE, frame
 from models import FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Log, Message, Workflow, chat_items, is_workflow_id, round_item_id
 from tasks.chatbot import end_abandoned_round
 from tasks.metrics import EVENTS_SENT, OPEN_STREAMS, ROUNDS_STARTED
-from tasks.runtime import Runtime, chatdata, chatdata_category, publish_item
+from tasks.runtime import Runtime, chatdata, chatdata_category, publish_item, resent_round_end
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,11 @@ async def start_round(runtime: Runtime, owner_id: str, prompt: str, workflow_id:
     if len(prompt) > runtime.settings.max_prompt_chars:
         raise PromptTooLong(len(prompt), runtime.settings.max_prompt_chars)
     if workflow_id is None:
-        workflow = await Workflow.create(owner_id=owner_id, title=_title(prompt))
+        workflow, previous_end = await Workflow.create(owner_id=owner_id, title=_title(prompt)), list
     else:
         workflow = await owned_workflow(owner_id, workflow_id)
         await fail_if_lost(runtime, workflow)
+        previous_end = await resent_round_end(runtime, workflow)  # before this round's message
         next_round, now = workflow.round_number + 1, time.time()
         claimed = await Workflow.filter(id=workflow.id, round_number=workflow.round_number).exclude(status=RUNNING).update(
             status=RUNNING, round_number=next_round, updated_at=now
@@ -80,9 +81,11 @@ async def start_round(runtime: Runtime, owner_id: str, prompt: str, workflow_id:
         round_number=workflow.round_number,
     )
     # Emitted and enqueued in one trip to Redis: gather starts its tasks in order, so the
-    # message goes first, before anything the job emits.
+    # message goes after the previous round's end and before anything the job emits.
     await asyncio.gather(
-        publish_item(runtime, "message", message.to_item(), workflow.id), runtime.enqueue_round(workflow.id, workflow.round_number)
+        *previous_end(),
+        publish_item(runtime, "message", message.to_item(), workflow.id),
+        runtime.enqueue_round(workflow.id, workflow.round_number),
     )
     ROUNDS_STARTED.inc()
     return workflow, message
@@ -204,6 +207,8 @@ class _Stream:
                 workflow = await owned_workflow(owner_id, self.workflow_id)
                 if workflow.status == RUNNING:  # the round running now ends it, not an earlier one it replays
                     self.closing_round = self.running_round = workflow.round_number
+                else:  # the client may be waiting for an end that whoever ended the round died before sending
+                    await asyncio.gather(*(await resent_round_end(self.runtime, workflow))())
                 return events, events[-1].cursor if events else cursor
         return await self._snapshot(owner_id, skip=position[1] if position else 0)
 
@@ -268,10 +273,14 @@ class _Stream:
         return item.get("id", item.get("messageId")) in self.sent_ids
 
     async def check_alive(self) -> None:
+        """While idle in a running round: end it if its job is gone, and send its end if
+        it ended and whoever ended it died before sending that."""
         if self.running_round:
             workflow = await Workflow.get(id=self.workflow_id)
             await fail_if_lost(self.runtime, workflow)
             if workflow.status != RUNNING:
+                if workflow.round_number == self.running_round:
+                    await asyncio.gather(*(await resent_round_end(self.runtime, workflow))())
                 self.running_round = 0
 
 

@@ -128,6 +128,26 @@ class Stack:
     def client(self, **kwargs) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.url, timeout=httpx.Timeout(30.0), **kwargs)
 
+    async def execute_sql(self, sql: str, *args) -> None:
+        """Change the app's database behind its back (``?`` placeholders): how a test
+        leaves what a process that died after its commit would have left."""
+        url = self.env["DATABASE_URL"]
+        if url.startswith("sqlite://"):
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite://"), timeout=10)) as db, db:
+                db.execute(sql, args)
+            return
+        import asyncpg
+
+        for number in range(1, len(args) + 1):
+            sql = sql.replace("?", f"${number}", 1)
+        connection = await asyncpg.connect(url.replace("postgres://", "postgresql://", 1))
+        try:
+            await connection.execute(sql, *args)
+        finally:
+            await connection.close()
+
     def stop(self) -> None:
         for proc in [self.web, *self.workers]:
             proc.terminate()

@@ -119,12 +119,12 @@ async def test_a_delta_the_feed_failed_to_take_is_not_in_the_stored_reply(runtim
     workflow = await running_round()
     emit, deltas = runtime.feed.emit, []
 
-    async def emit_failing_the_third_delta(context_id, event_type, data, category="default"):
+    async def emit_failing_the_third_delta(context_id, event_type, data, category="default", **options):
         if data.get("type") == "delta":
             deltas.append(data)
             if len(deltas) == 3:
                 raise ConnectionError("the feed is away")
-        return await emit(context_id, event_type, data, category)
+        return await emit(context_id, event_type, data, category, **options)
 
     monkeypatch.setattr(runtime.feed, "emit", emit_failing_the_third_delta)
     assert await run_chatbot({"runtime": runtime, "job_try": 1}, workflow.id, 1) == FAILED
@@ -167,14 +167,14 @@ async def test_a_rounds_end_goes_out_once_the_round_reads_ended(runtime, monkeyp
     workflow = await running_round()
     emit, seen_at_the_end = runtime.feed.emit, []
 
-    async def emit_noting_the_status(context_id, event_type, data, category="default"):
+    async def emit_noting_the_status(context_id, event_type, data, category="default", **options):
         if event_type in END_EVENTS:  # read as another request would: outside the ender's context
             async def status() -> str:
                 return (await Workflow.get(id=context_id)).status
 
             read = asyncio.get_running_loop().create_task(status(), context=contextvars.Context())
             seen_at_the_end.append(await asyncio.wait_for(read, 2))
-        return await emit(context_id, event_type, data, category)
+        return await emit(context_id, event_type, data, category, **options)
 
     monkeypatch.setattr(runtime.feed, "emit", emit_noting_the_status)
     assert await end_round(runtime, workflow.id, 1, STOPPED)

@@ -709,3 +709,38 @@ async def test_redis_feed_command_connection_reconnects_after_losing_it(make_fee
     await asyncio.sleep(1.2)  # idle past the health check: the next write pings first
     second = await feed.emit(context_id, "t", {"i": 1})
     assert [e.cursor for e in await feed.read(context_id)] == [first, second]
+
+
+async def test_an_event_emitted_once_is_in_the_context_once(feed):
+    # Round ends: a job sends its end, and whoever takes over from a job that died may
+    # send it again. The key is the context's own.
+    context_id, other = ctx(), ctx()
+    first = await feed.emit(context_id, "end", {"i": 0}, once="end:1")
+    assert await feed.emit(context_id, "end", {"i": 1}, once="end:1") is None
+    assert await feed.emit(context_id, "end", {"i": 2}, once="end:2") is not None
+    assert await feed.emit(other, "end", {"i": 3}, once="end:1") is not None
+    assert [e.cursor for e in await feed.read(context_id)][0] == first
+    assert numbers(await feed.read(context_id)) == [0, 2]
+    assert numbers(await feed.read(other)) == [3]
+
+
+async def test_once_keys_last_as_long_as_their_context(feed):
+    context_id = ctx()
+    await feed.emit(context_id, "end", {"i": 0}, once="end:1")
+    await feed.finish(context_id, expire_after=0.2)
+    await feed.emit(context_id, "t", {"i": 1})  # the context lives on, and so do its keys
+    await asyncio.sleep(0.5)
+    assert await feed.emit(context_id, "end", {"i": 2}, once="end:1") is None
+    await feed.finish(context_id, expire_after=0.2)
+    await asyncio.sleep(0.5)
+    assert await feed.emit(context_id, "end", {"i": 3}, once="end:1") is not None  # a new life
+    assert numbers(await feed.read(context_id)) == [3]
+
+
+@pytest.mark.parametrize("backend", ["redis"], indirect=True)
+async def test_redis_feed_processes_sending_the_same_event_at_once_put_it_in_once(make_feed):
+    job, stream = make_feed(), make_feed()
+    context_id = ctx()
+    sent = await asyncio.gather(*(feed.emit(context_id, "end", {"i": i}, once="end:1") for i, feed in enumerate([job, stream] * 5)))
+    assert len([cursor for cursor in sent if cursor is not None]) == 1
+    assert len(await stream.read(context_id)) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import time
 from urllib.parse import urlparse
 
 import pytest
@@ -152,6 +153,59 @@ async def test_a_job_that_outlived_its_lease_gives_its_round_up(client, server):
     assert len([e for e in events if e.kind == "delta"]) < 40, "the job went on to the end of its reply"
     detail = (await client.get(f"/api/chatbot/{started['workflowId']}")).json()
     assert [i["item"] for i in detail["items"] if i["type"] == "message"][1] == reply
+
+
+async def end_behind_the_jobs_back(client, server, prompt: str, follow: bool = False) -> tuple[dict, list, asyncio.Task | None]:
+    """A round whose status is committed as completed while its job runs: the job's own
+    end then finds the round ended and sends nothing, as if whoever ended the round had
+    died between its commit and its end event. The start, the events to the job's sixth,
+    and (``follow``) a reader of the whole round, opened before its status changed."""
+    started = await start(client, prompt)
+    follower = asyncio.create_task(read_stream(client, started["streamUrl"], timeout=10)) if follow else None
+    head = await read_stream(client, started["streamUrl"], limit=6)
+    assert head[-1].kind == "delta"  # the job is running
+    await server.execute_sql("UPDATE workflows SET status = 'completed', updated_at = ? WHERE id = ?", time.time(), started["workflowId"])
+    return started, head, follower
+
+
+async def test_a_round_whose_end_was_never_sent_still_ends_its_streams(client, server):
+    started, head, follower = await end_behind_the_jobs_back(client, server, "an end nobody sends", follow=True)
+    events = await follower  # a stream of the running round: once idle, it looks
+    assert events[-1].event == "complete" and events[-1].data["roundNumber"] == 1
+    reply = assistant_message(events)
+    assert reply_text(events, reply["id"]) == reply["content"]
+    # Sent once: a stream resumed from before it gets the same events.
+    rest = await read_stream(client, started["streamUrl"], last_event_id=head[-1].id)
+    assert [e.id for e in head + rest] == [e.id for e in events]
+
+
+async def test_the_next_round_comes_after_the_end_of_one_whose_end_was_never_sent(client, server):
+    started, head, _ = await end_behind_the_jobs_back(client, server, "another end nobody sends")
+    workflow_id = started["workflowId"]
+    await until_the_job_has_sent_its_reply(client, workflow_id)
+    await start(client, "the next round", workflow_id)  # no stream was open to notice
+    rest = await read_stream(client, f"/api/chatbot/{workflow_id}/stream", last_event_id=head[-1].id)
+    ends = [(e.event, e.data["roundNumber"]) for e in rest if e.event in ("complete", "stopped", "error")]
+    assert ends == [("complete", 1), ("complete", 2)]
+    first_of_round_2 = next(i for i, e in enumerate(rest) if e.kind == "message" and e.item["roundNumber"] == 2)
+    assert rest[first_of_round_2 - 1].event == "complete"
+
+
+async def test_a_stream_resumed_after_a_round_whose_end_was_never_sent_gets_that_end(client, server):
+    started, head, _ = await end_behind_the_jobs_back(client, server, "an end still owed")
+    await until_the_job_has_sent_its_reply(client, started["workflowId"])
+    rest = await read_stream(client, started["streamUrl"], last_event_id=head[-1].id, timeout=10)
+    assert rest[-1].event == "complete" and rest[-1].data["roundNumber"] == 1
+    assert reply_text(head + rest, assistant_message(rest)["id"]) == assistant_message(rest)["content"]
+
+
+async def until_the_job_has_sent_its_reply(client, workflow_id: str) -> None:
+    for _ in range(100):  # the job stores its reply, sends it, then finds the round ended
+        detail = (await client.get(f"/api/chatbot/{workflow_id}")).json()
+        if [i for i in detail["items"] if i["type"] == "message" and i["item"]["role"] == "assistant"]:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
 
 
 async def test_a_running_chat_job_is_no_longer_in_the_queue(client, server):
