@@ -242,6 +242,10 @@ class _Stream:
         if skip > len(stored):  # the client had more from the database than now comes from it
             self.sent_ids += tuple(item["id"] for _, item, _ in rows[len(stored) : skip])
             live_part = [event for event in live_part if not self._seen(event)]
+        if self.running_round and workflow.status != RUNNING:
+            # Ended after the feed was read, or its ender died before sending its end: a
+            # page reloaded then must not wait for a keepalive's check to get it.
+            await asyncio.gather(*(await resent_round_end(self.runtime, workflow))())
         synthetic = [
             Event(f"0-{i}", "chatdata", chatdata_category(kind), encode(chatdata(kind, item, item["createdAt"])))
             for i, (kind, item, _) in enumerate(stored, start=1)

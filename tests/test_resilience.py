@@ -199,6 +199,22 @@ async def test_a_stream_resumed_after_a_round_whose_end_was_never_sent_gets_that
     assert reply_text(head + rest, assistant_message(rest)["id"]) == assistant_message(rest)["content"]
 
 
+@pytest.fixture(scope="module", params=MODES)
+def long_keepalive_server(request):
+    with stack_for(request, request.param, {"KEEPALIVE_SECONDS": "30"}) as stack:
+        yield stack
+
+
+async def test_a_page_opened_after_a_round_whose_end_was_never_sent_gets_that_end_at_once(long_keepalive_server):
+    # A reload: no Last-Event-ID. Its stream must not wait for its first idle check.
+    async with long_keepalive_server.client() as client:
+        started, _, _ = await end_behind_the_jobs_back(client, long_keepalive_server, "an end owed to a reload")
+        await until_the_job_has_sent_its_reply(client, started["workflowId"])
+        events = await read_stream(client, started["streamUrl"], timeout=10)
+    assert events[-1].event == "complete" and events[-1].data["roundNumber"] == 1
+    assert [e.event for e in events].count("complete") == 1
+
+
 async def until_the_job_has_sent_its_reply(client, workflow_id: str) -> None:
     for _ in range(100):  # the job stores its reply, sends it, then finds the round ended
         detail = (await client.get(f"/api/chatbot/{workflow_id}")).json()
