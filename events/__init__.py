@@ -15,6 +15,7 @@ from typing import Any
 
 Cursor = tuple[int, int]
 ORIGIN = "0-0"  # before every event
+ABANDONED_SECONDS = 24 * 3600  # a context never finished (its writer died) still goes, after this long without events
 
 
 def encode(data: dict) -> str:
@@ -90,7 +91,8 @@ class EventFeed(ABC):
     @abstractmethod
     async def finish(self, context_id: str, expire_after: float | None = None) -> None:
         """The context is done for now: drop its events after ``expire_after`` seconds
-        (the feed's retention by default) unless new events arrive first."""
+        (the feed's retention by default) unless new events arrive first. A context never
+        finished is dropped after ``abandoned_seconds`` without events."""
 
     async def ping(self) -> None:
         """Raise if the feed cannot be reached."""

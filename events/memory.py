@@ -5,7 +5,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable
 
-from events import ORIGIN, Event, EventFeed, FeedGap, category_set, encode, parse_cursor
+from events import ABANDONED_SECONDS, ORIGIN, Event, EventFeed, FeedGap, category_set, encode, parse_cursor
 from events.log import ContextLog, follow
 
 
@@ -14,11 +14,13 @@ def _now_ms() -> int:
 
 
 class MemoryFeed(EventFeed):
-    def __init__(self, retention_seconds: float = 60.0, max_events: int = 10_000) -> None:
+    def __init__(self, retention_seconds: float = 60.0, max_events: int = 10_000, abandoned_seconds: float = ABANDONED_SECONDS) -> None:
         self.retention_seconds = retention_seconds
         self.max_events = max_events
+        self.abandoned_seconds = abandoned_seconds
         self.logs: dict[str, ContextLog] = {}
-        self.expiries: dict[str, asyncio.TimerHandle] = {}
+        self.expiries: dict[str, asyncio.TimerHandle] = {}  # finished contexts
+        self.idle_checks: dict[str, asyncio.TimerHandle] = {}  # contexts with events, finished or not
         self.once_keys: dict[str, set[str]] = {}  # context id -> the ``once`` keys of its events
 
     def _log(self, context_id: str) -> ContextLog:
@@ -40,6 +42,8 @@ class MemoryFeed(EventFeed):
         now = _now_ms()
         cursor = f"{now}-0" if now > ms else f"{ms}-{seq + 1}"
         log.append([Event(cursor, event_type, category, encode(data))])
+        if context_id not in self.idle_checks:  # one timer a context, not one per event
+            self.idle_checks[context_id] = asyncio.get_running_loop().call_later(self.abandoned_seconds, self._expire_if_idle, context_id)
         return cursor
 
     async def read(self, context_id: str, after: str = ORIGIN) -> list[Event]:
@@ -74,8 +78,19 @@ class MemoryFeed(EventFeed):
             expiry.cancel()
         self.expiries[context_id] = asyncio.get_running_loop().call_later(delay, self._expire, context_id)
 
+    def _expire_if_idle(self, context_id: str) -> None:
+        del self.idle_checks[context_id]
+        log = self.logs.get(context_id)
+        idle = (_now_ms() - log.positions[-1][0]) / 1000 if log is not None and log.positions else self.abandoned_seconds
+        if idle < self.abandoned_seconds:
+            self.idle_checks[context_id] = asyncio.get_running_loop().call_later(self.abandoned_seconds - idle, self._expire_if_idle, context_id)
+        else:
+            self._expire(context_id)
+
     def _expire(self, context_id: str) -> None:
-        self.expiries.pop(context_id, None)
+        for timers in (self.expiries, self.idle_checks):
+            if (timer := timers.pop(context_id, None)) is not None:
+                timer.cancel()
         self.once_keys.pop(context_id, None)
         if (log := self.logs.get(context_id)) is not None:
             if log.readers:

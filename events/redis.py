@@ -16,15 +16,14 @@ from collections.abc import AsyncIterator, Iterable
 from redis.asyncio import ConnectionPool
 from redis.exceptions import ConnectionError, TimeoutError
 
-from events import ORIGIN, Event, EventFeed, FeedGap, category_set, encode, parse_cursor
+from events import ABANDONED_SECONDS, ORIGIN, Event, EventFeed, FeedGap, category_set, encode, parse_cursor
 from events.log import ContextLog, follow
 from events.shared_redis import SharedRedis, bulk
 
 log = logging.getLogger(__name__)
 
 READ_COUNT = 1000
-ABANDONED_TTL = 24 * 3600  # a context never finished (its writer died) still goes away
-TTL_REFRESH_SECONDS = 1.0  # how often a busy context's ABANDONED_TTL is renewed
+TTL_REFRESH_SECONDS = 1.0  # how often a busy context's abandoned_seconds expiry is renewed
 WAKE_DEBOUNCE = 0.005
 READ_EVERY = 0.001
 
@@ -40,9 +39,10 @@ return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 't', ARGV[4], 'c
 class RedisFeed(EventFeed):
     def __init__(
         self, url: str, retention_seconds: float = 60.0, max_events: int = 10_000, key_prefix: str = "chat:",
-        redis: SharedRedis | None = None,
+        redis: SharedRedis | None = None, abandoned_seconds: int = ABANDONED_SECONDS,
     ) -> None:
         self.retention_seconds = retention_seconds
+        self.abandoned_seconds = abandoned_seconds
         self.max_events = max_events
         self.prefix = f"{key_prefix}feed:"
         self.once_prefix = f"{key_prefix}feed-once:"
@@ -69,14 +69,14 @@ class RedisFeed(EventFeed):
             added = self.redis.send("XADD", key, "MAXLEN", "~", self.max_events, "*", *fields)
         else:
             keys = (key, self.once_prefix + context_id)
-            added = self.redis.send("EVAL", EMIT_ONCE_SCRIPT, 2, *keys, once, ABANDONED_TTL, self.max_events, *fields[1::2])
+            added = self.redis.send("EVAL", EMIT_ONCE_SCRIPT, 2, *keys, once, self.abandoned_seconds, self.max_events, *fields[1::2])
         if self._ttl_is_stale(key):
             for ttl_key in (key, self.once_prefix + context_id):
-                self.redis.send("EXPIRE", ttl_key, ABANDONED_TTL).add_done_callback(_ignore)
+                self.redis.send("EXPIRE", ttl_key, self.abandoned_seconds).add_done_callback(_ignore)
         return await added
 
     def _ttl_is_stale(self, key: str) -> bool:
-        """Whether this process has not renewed the key's ABANDONED_TTL lately. Renewing
+        """Whether this process has not renewed the key's abandoned_seconds expiry lately. Renewing
         once a second instead of on every write still undoes, in time, a ``finish`` by
         another process when its context comes back to life: the retention is far longer."""
         now = asyncio.get_running_loop().time()

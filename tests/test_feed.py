@@ -744,3 +744,19 @@ async def test_redis_feed_processes_sending_the_same_event_at_once_put_it_in_onc
     sent = await asyncio.gather(*(feed.emit(context_id, "end", {"i": i}, once="end:1") for i, feed in enumerate([job, stream] * 5)))
     assert len([cursor for cursor in sent if cursor is not None]) == 1
     assert len(await stream.read(context_id)) == 1
+
+
+async def test_a_context_never_finished_goes_after_a_while_without_events(make_feed):
+    # Its writer died before finishing it (or a developer's job never does): it must not
+    # stay for ever, in either backend. One that keeps getting events stays.
+    feed = make_feed(abandoned_seconds=2)
+    abandoned, busy = ctx(), ctx()
+    left = await emit_many(feed, abandoned, 2)
+    kept = []
+    for i in range(11):  # 3.3 s, an event every 0.3 s
+        kept.append(await feed.emit(busy, "t", {"i": i}))
+        await asyncio.sleep(0.3)
+    with pytest.raises(FeedGap):
+        await feed.read(abandoned, left[0])
+    assert await feed.read(abandoned) == []
+    assert [e.cursor for e in await feed.read(busy)] == kept
