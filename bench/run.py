@@ -91,10 +91,11 @@ class RawStream:
     Hypercorn sends streams). httpx costs the client ~300 µs per event, which on the
     shared 2-core machine is CPU the servers would otherwise have."""
 
-    def __init__(self, base_url: str, path: str, cookies: httpx.Cookies) -> None:
+    def __init__(self, base_url: str, path: str, cookies: httpx.Cookies, last_event_id: str | None = None) -> None:
         url = urlparse(base_url)
         self.host, self.port, self.path = url.hostname, url.port, path
         self.cookie = "; ".join(f"{name}={value}" for name, value in cookies.items())
+        self.resume = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id else ""
         self.status_code = 0
         self.writer: asyncio.StreamWriter | None = None
 
@@ -102,7 +103,7 @@ class RawStream:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         self.writer.write(
             f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nAccept: text/event-stream\r\n"
-            f"Cookie: {self.cookie}\r\n\r\n".encode()
+            f"Cookie: {self.cookie}\r\n{self.resume}\r\n".encode()
         )
         head = await self.reader.readuntil(b"\r\n\r\n")
         self.status_code = int(head.split(b" ", 2)[1])
@@ -170,27 +171,41 @@ async def open_session(client: httpx.AsyncClient) -> None:
 def empty_round(workflow_id: str | None, broken: str = "") -> dict:
     return {"ok": False, "broken": broken, "late": False, "latencies": [], "catch_up": [], "to_feed": [], "from_feed": [],
             "first_delta": None, "deltas": 0,
-            "delta_span": None, "events": 0, "workflowId": workflow_id, "post_ms": None, "open_ms": None}
+            "delta_span": None, "events": 0, "workflowId": workflow_id, "post_ms": None, "open_ms": None, "last_cursor": None}
 
 
-async def run_round(client: httpx.AsyncClient, prompt: str, workflow_id: str | None) -> dict:
-    """One round: POST start, open the stream, read to the end of the round."""
+async def run_round(client: httpx.AsyncClient, prompt: str, workflow_id: str | None, resume_from: str | None = None) -> dict:
+    """One round: POST start, read its stream to the end of the round. The stream opens
+    after the start, or (``resume_from``: the cursor of the previous round's end) before
+    it, as the bundled page's does: it reconnects from there as soon as a round ends
+    (static/js/stream.js), so it is open when the user sends the next prompt."""
     result = empty_round(workflow_id)
-    sent = time.time()
-    started = await client.post("/api/chatbot/start", json={"prompt": prompt, "workflowId": workflow_id})
-    if started.status_code != 202:
-        result["broken"] = f"start {started.status_code}"
-        return result
-    body = started.json()
-    result["workflowId"] = workflow_id = body["workflowId"]
-    opened = time.time()
-    result["post_ms"] = (opened - sent) * 1000
-    reply = Reply(body["messageId"], sent, opened)
-    async with RawStream(str(client.base_url), f"/api/chatbot/{workflow_id}/stream", client.cookies) as response:
-        result["open_ms"] = (time.time() - opened) * 1000
-        if response.status_code != 200:
-            result["broken"] = f"stream {response.status_code}"
+    async with contextlib.AsyncExitStack() as held:
+        response = established = None
+        if resume_from is not None:
+            asked = time.time()
+            response = await held.enter_async_context(RawStream(str(client.base_url), f"/api/chatbot/{workflow_id}/stream", client.cookies, resume_from))
+            established = time.time()
+            result["open_ms"] = (established - asked) * 1000
+            if response.status_code != 200:
+                result["broken"] = f"stream {response.status_code}"
+                return result
+        sent = time.time()
+        started = await client.post("/api/chatbot/start", json={"prompt": prompt, "workflowId": workflow_id})
+        if started.status_code != 202:
+            result["broken"] = f"start {started.status_code}"
             return result
+        body = started.json()
+        result["workflowId"] = workflow_id = body["workflowId"]
+        opened = time.time()
+        result["post_ms"] = (opened - sent) * 1000
+        reply = Reply(body["messageId"], sent, opened, established)
+        if response is None:
+            response = await held.enter_async_context(RawStream(str(client.base_url), f"/api/chatbot/{workflow_id}/stream", client.cookies))
+            result["open_ms"] = (time.time() - opened) * 1000
+            if response.status_code != 200:
+                result["broken"] = f"stream {response.status_code}"
+                return result
         async for received, kind, cursor, data in response.events():
             if kind != ":" and reply.take(received, kind, cursor, data):
                 break
@@ -207,7 +222,7 @@ async def run_round(client: httpx.AsyncClient, prompt: str, workflow_id: str | N
 class Reply:
     """One round as its stream delivers it: timings, the deltas and the final message."""
 
-    def __init__(self, user_message_id: str, sent: float, opened: float) -> None:
+    def __init__(self, user_message_id: str, sent: float, opened: float, established: float | None = None) -> None:
         self.user_message_id, self.sent, self.opened = user_message_id, sent, opened
         self.round: int | None = None  # from our user message: end events of other rounds do not count
         self.message_id: str | None = None
@@ -216,18 +231,20 @@ class Reply:
         self.final: str | None = None
         self.ended = ""
         self.late = False
-        self.established: float | None = None  # first byte of the stream: the server has our snapshot
+        self.established = established  # the stream's headers or first byte: the server follows the feed for us
         self.latencies: list[float] = []  # live events: created after the stream was established
         self.catch_up: list[float] = []  # created after we asked for the stream, before it was established
         self.to_feed: list[float] = []  # live events: createdAt -> the time in their cursor
         self.from_feed: list[float] = []  # live events: the time in their cursor -> receipt
         self.first_delta: float | None = None
         self.first_created = self.last_received = 0.0
+        self.last_cursor: str | None = None
         self.trace: list[tuple] = []  # (kind, cursor, data): described only if the round breaks
 
     def take(self, received: float, kind: str, cursor: str | None, data: str) -> bool:
         """Record one event; True once the round is over for this client."""
         self.established = self.established or received
+        self.last_cursor = cursor or self.last_cursor
         self.trace.append((kind, cursor, data))
         event = json.loads(data)
         if kind in ("complete", "stopped", "error"):
@@ -285,7 +302,7 @@ class Reply:
         return {"ok": not broken, "broken": broken, "late": self.late, "latencies": self.latencies, "catch_up": self.catch_up,
                 "to_feed": self.to_feed, "from_feed": self.from_feed,
                 "first_delta": self.first_delta, "deltas": len(self.texts), "delta_span": span,
-                "events": len(self.trace)}
+                "events": len(self.trace), "last_cursor": self.last_cursor}
 
     def problem(self) -> str:
         """Why the deltas do not join to the final message ("" when they do)."""
@@ -352,7 +369,8 @@ async def run_chat(client: httpx.AsyncClient, job: dict, number: int, offset: fl
     for round_number in range(job["rounds"]):
         prompt = f"bench {job['index']}-{number} round {round_number}"
         try:
-            result = await asyncio.wait_for(run_round(client, prompt, workflow_id), job["round_timeout"])
+            resume_from = None if job["fresh_streams"] or not rounds or not rounds[-1]["ok"] else rounds[-1]["last_cursor"]
+            result = await asyncio.wait_for(run_round(client, prompt, workflow_id, resume_from), job["round_timeout"])
         except Exception as exc:  # a timeout or a dropped connection is a broken round, not a crash
             result = empty_round(workflow_id, type(exc).__name__)
         rounds.append(result)
@@ -629,7 +647,7 @@ def run_chats(server: Server, n: int, args) -> dict:
     procs_n = max(1, min(args.procs, n))
     offsets = [args.ramp * i / n for i in range(n)]  # spread starts: a steady state, not a burst
     jobs = [{"index": p, "url": server.stack.url, "offsets": offsets[p::procs_n], "rounds": args.rounds,
-             "round_timeout": 60.0, "timeout": 60.0} for p in range(procs_n)]
+             "round_timeout": 60.0, "timeout": 60.0, "fresh_streams": args.fresh_streams} for p in range(procs_n)]
     run_timeout = 60.0 + args.ramp + args.rounds * 60.0
     clients, profiles, connections = Clients(chats_client, jobs), {}, []
     try:
@@ -977,6 +995,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--chats", default="50,200,500", help="concurrent chats per run, comma-separated (default %(default)s)")
     parser.add_argument("--idle", default="1000,5000,10000", help="idle streams per run, comma-separated (default %(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per chat, back to back (default %(default)s)")
+    parser.add_argument("--fresh-streams", action="store_true",
+                        help="chats: open each round's stream after its start, from nothing (not resumed from the previous round's end as the page does)")
     parser.add_argument("--ramp", type=float, default=2.0, help="seconds over which chats start (default %(default)s)")
     parser.add_argument("--web-processes", type=int, default=1, metavar="N",
                         help="Hypercorn web processes for the chats scenario in Redis mode (idle streams: always one; default %(default)s)")
