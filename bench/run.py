@@ -928,7 +928,7 @@ def print_chats(mode: str, rows: list[dict]) -> None:
                      f"{fmt(r['rate_per_chat'] * r['chats'], 0)} ({fmt(r['nominal'], 0)})", fmt(pct),
                      fmt(r["broken"]), fmt(r["late"]), *[fmt(r["cpu_per_event_us"].get(k), 0) for k in names], fmt(r["redis_conns"])])
     print(f"\nChats ({mode}, {TOKEN_INTERVAL_MS} ms/token, {REPLY_TOKENS} tokens/reply; delivery = receipt - createdAt of events"
-          " created after their stream's first byte; deltas/s = chats x mean per-round rate, first token generated -> last one"
+          " created after their stream was open (its first byte; a resumed one's headers); deltas/s = chats x mean per-round rate, first token generated -> last one"
           " received; µs/ev = process CPU / events delivered)")
     print(table(headers, body))
     for r in rows:
