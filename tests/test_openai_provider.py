@@ -398,6 +398,20 @@ async def test_stall_mid_stream(fake_openai: FakeOpenAI) -> None:
 
 
 @pytest.mark.asyncio
+async def test_chunks_without_text_do_not_hold_off_a_stall(fake_openai: FakeOpenAI) -> None:
+    # A server that goes on sending empty chunks mid-reply has stopped all the same.
+    fake_openai.default = Reply(pieces=("a", "b", *[""] * 30), interval=0.1)
+    p = await make(fake_openai.base_url, openai_stall_timeout=0.35)
+    got: list[str] = []
+    try:
+        error = await fail(p, got)
+    finally:
+        await p.aclose()
+    assert got == ["a", "b"]
+    assert error.code == "model_stalled"
+
+
+@pytest.mark.asyncio
 async def test_slow_but_steady_is_no_stall(fake_openai: FakeOpenAI) -> None:
     # Each piece comes within the stall timeout though the whole reply takes longer.
     fake_openai.default = Reply(pieces=("a", "b", "c", "d", "e"), interval=0.1)

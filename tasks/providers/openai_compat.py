@@ -177,11 +177,10 @@ class OpenAIProvider:
                         log.info("model usage: model=%s %s", self.model, " ".join(f"{k}={v}" for k, v in usage.items()))
                         if on_usage is not None:
                             await on_usage(usage)
-                    if text:
+                    if text:  # only text: chunks without any (keepalives, reasoning) are no progress
                         got_text = True
                         yield text
-                    if got_text:  # (after the yield: our consumer's time is no stall)
-                        deadline = loop.time() + self.stall_timeout
+                        deadline = loop.time() + self.stall_timeout  # after the yield: our consumer's time is no stall
             if not finished:  # a body that ended cleanly mid-reply (a proxy, a crashed server)
                 message = f"the model server at {self.base_url} ended the stream before the reply was finished (no finish_reason)"
                 raise ProviderError("model_bad_response", message)
