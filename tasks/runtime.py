@@ -168,6 +168,11 @@ async def resent_round_end(runtime: Runtime, workflow: Workflow) -> Callable[[],
     )
 
 
+async def send_owed_round_end(runtime: Runtime, workflow: Workflow) -> None:
+    """Now, the end resent_round_end would send (nothing if the feed has it already)."""
+    await asyncio.gather(*(await resent_round_end(runtime, workflow))())
+
+
 def _round_end_sends(
     runtime: Runtime, workflow_id: str, round_number: int, status: str, code: str, message: str, outcome: Log | None
 ) -> list[Awaitable]:

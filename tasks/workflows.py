@@ -12,7 +12,7 @@ from events.sse import KEEPALIVE, frame
 from models import FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Log, Message, Workflow, chat_items, is_workflow_id, round_item_id
 from tasks.chatbot import end_abandoned_round
 from tasks.metrics import EVENTS_SENT, OPEN_STREAMS, ROUNDS_STARTED
-from tasks.runtime import Runtime, chatdata, chatdata_category, publish_item, resent_round_end
+from tasks.runtime import Runtime, chatdata, chatdata_category, publish_item, resent_round_end, send_owed_round_end
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class _Stream:
                 if workflow.status == RUNNING:  # the round running now ends it, not an earlier one it replays
                     self.closing_round = self.running_round = workflow.round_number
                 else:  # the client may be waiting for an end that whoever ended the round died before sending
-                    await asyncio.gather(*(await resent_round_end(self.runtime, workflow))())
+                    await send_owed_round_end(self.runtime, workflow)
                 return events, events[-1].cursor if events else cursor
         return await self._snapshot(owner_id, skip=position[1] if position else 0)
 
@@ -245,7 +245,7 @@ class _Stream:
         if self.running_round and workflow.status != RUNNING:
             # Ended after the feed was read, or its ender died before sending its end: a
             # page reloaded then must not wait for a keepalive's check to get it.
-            await asyncio.gather(*(await resent_round_end(self.runtime, workflow))())
+            await send_owed_round_end(self.runtime, workflow)
         synthetic = [
             Event(f"0-{i}", "chatdata", chatdata_category(kind), encode(chatdata(kind, item, item["createdAt"])))
             for i, (kind, item, _) in enumerate(stored, start=1)
@@ -284,7 +284,7 @@ class _Stream:
             await fail_if_lost(self.runtime, workflow)
             if workflow.status != RUNNING:
                 if workflow.round_number == self.running_round:
-                    await asyncio.gather(*(await resent_round_end(self.runtime, workflow))())
+                    await send_owed_round_end(self.runtime, workflow)
                 self.running_round = 0
 
 
