@@ -181,15 +181,21 @@ async def run_round(client: httpx.AsyncClient, prompt: str, workflow_id: str | N
     (static/js/stream.js), so it is open when the user sends the next prompt."""
     result = empty_round(workflow_id)
     async with contextlib.AsyncExitStack() as held:
+
+        async def open_stream(last_event_id: str | None = None) -> RawStream | None:
+            asked, path = time.time(), f"/api/chatbot/{result['workflowId']}/stream"
+            stream = await held.enter_async_context(RawStream(str(client.base_url), path, client.cookies, last_event_id))
+            result["open_ms"] = (time.time() - asked) * 1000
+            if stream.status_code != 200:
+                result["broken"] = f"stream {stream.status_code}"
+                return None
+            return stream
+
         response = established = None
         if resume_from is not None:
-            asked = time.time()
-            response = await held.enter_async_context(RawStream(str(client.base_url), f"/api/chatbot/{workflow_id}/stream", client.cookies, resume_from))
-            established = time.time()
-            result["open_ms"] = (established - asked) * 1000
-            if response.status_code != 200:
-                result["broken"] = f"stream {response.status_code}"
+            if (response := await open_stream(resume_from)) is None:
                 return result
+            established = time.time()
         sent = time.time()
         started = await client.post("/api/chatbot/start", json={"prompt": prompt, "workflowId": workflow_id})
         if started.status_code != 202:
@@ -200,12 +206,8 @@ async def run_round(client: httpx.AsyncClient, prompt: str, workflow_id: str | N
         opened = time.time()
         result["post_ms"] = (opened - sent) * 1000
         reply = Reply(body["messageId"], sent, opened, established)
-        if response is None:
-            response = await held.enter_async_context(RawStream(str(client.base_url), f"/api/chatbot/{workflow_id}/stream", client.cookies))
-            result["open_ms"] = (time.time() - opened) * 1000
-            if response.status_code != 200:
-                result["broken"] = f"stream {response.status_code}"
-                return result
+        if response is None and (response := await open_stream()) is None:
+            return result
         async for received, kind, cursor, data in response.events():
             if kind != ":" and reply.take(received, kind, cursor, data):
                 break
