@@ -6,12 +6,15 @@ import asyncio
 import functools
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 from arq.constants import expires_extra_ms, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
+from arq.worker import Function
 from tortoise.transactions import in_transaction
 
 from config import Settings
@@ -19,11 +22,15 @@ from events import EventFeed, make_feed
 from events.shared_redis import SharedRedis
 from models import FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Log, Workflow, round_item_id
 from tasks.control import LocalControl, RedisControl
+from tasks.in_process import InProcessJobs
 from tasks.providers import ChatProvider, make_provider
 
 log = logging.getLogger(__name__)
 
-CHAT_JOB = "run_chatbot"
+KEEP_RESULT_SECONDS = 60  # arq's result key, which also keeps a job's id from being enqueued again
+MAX_TRIES = 3  # runs of a job in all: arq.Retry, or (Redis mode) a worker that died under it
+
+Job = Callable[..., Awaitable[Any]] | Function  # async def job(ctx, *args), or arq.worker.func(job, …)
 
 
 def chat_job_id(workflow_id: str, round_number: int) -> str:
@@ -37,6 +44,7 @@ def chat_job_round(job_id: str) -> tuple[str, int] | None:
     workflow_id, _, round_number = round_key.partition(":")
     return (workflow_id, int(round_number)) if kind == "chat" else None
 
+
 # arq's ArqRedis.enqueue_job as one atomic script: the job, in arq's own format, unless a
 # job or result with its id exists. arq's version holds a pooled connection for three
 # round trips (WATCH, EXISTS, MULTI/EXEC); on a busy web process every start then waits
@@ -48,7 +56,6 @@ redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
 return 1
 """
 
-
 @dataclass
 class Runtime:
     settings: Settings
@@ -56,14 +63,15 @@ class Runtime:
     control: LocalControl
     provider: ChatProvider | None = None
     redis: SharedRedis | None = None  # Redis mode: shared by the feed, round control and the queue
-    jobs: set[asyncio.Task] = field(default_factory=set)  # embedded mode's running rounds
+    in_process: InProcessJobs | None = None  # embedded mode: runs the jobs
 
     @classmethod
     async def open(cls, settings: Settings, *, runs_jobs: bool) -> "Runtime":
         options = {"retention_seconds": settings.feed_retention_seconds, "max_events": settings.feed_max_events}
         if settings.redis_url is None:
             feed = make_feed("memory://", **options)
-            return cls(settings, feed, LocalControl(), make_provider(settings))
+            jobs = InProcessJobs(settings.job_timeout_seconds, MAX_TRIES, KEEP_RESULT_SECONDS)
+            return cls(settings, feed, LocalControl(), make_provider(settings), in_process=jobs)
         # A web process holds 2 Redis connections, however many requests and streams it
         # serves: one for every command (see events/shared_redis.py) and the feed's reader.
         redis = SharedRedis(settings.redis_url)
@@ -71,44 +79,45 @@ class Runtime:
         control = RedisControl(redis, settings.key_prefix, settings.lease_seconds)
         return cls(settings, feed, control, make_provider(settings) if runs_jobs else None, redis)
 
+    async def enqueue(self, job: Job, *args: Any, job_id: str | None = None) -> str | None:
+        """Run ``job(ctx, *args)`` in the background, from a web handler or from a job:
+        in Redis mode on a worker (it must be in ``WorkerSettings.functions``), in
+        embedded mode in this process. ``ctx`` holds ``runtime``, ``job_id`` and
+        ``job_try`` in both. Resolves to the job's id, or None if a job with this id
+        (``job_id``: yours, to make a job unique) is queued, running or ended within
+        KEEP_RESULT_SECONDS, as arq has it. Gathered with other Redis commands, it goes out
+        in their order and in their write."""
+        name, function = (job.name, job.coroutine) if isinstance(job, Function) else (job.__name__, job)
+        job_id = job_id or uuid.uuid4().hex
+        if self.in_process is not None:
+            options = {"timeout": job.timeout_s, "max_tries": job.max_tries} if isinstance(job, Function) else {}
+            started = self.in_process.start(name, function, args, job_id, {"runtime": self}, **options)
+            return job_id if started else None
+        now = timestamp_ms()
+        keys = (job_key_prefix + job_id, result_key_prefix + job_id, self.settings.queue_name)
+        data = serialize_job(name, args, {}, None, now)
+        added = await self.redis.execute("EVAL", ENQUEUE_SCRIPT, len(keys), *keys, expires_extra_ms, data, now, job_id)
+        return job_id if added else None
+
     async def enqueue_round(self, workflow_id: str, round_number: int) -> None:
-        if self.redis is not None:
-            job_id, now = chat_job_id(workflow_id, round_number), timestamp_ms()
-            job = serialize_job(CHAT_JOB, (workflow_id, round_number), {}, None, now)
-            keys = (job_key_prefix + job_id, result_key_prefix + job_id, self.settings.queue_name)
-            # The lease before the job, in one write: Redis runs a connection's commands in
-            # the order gather's tasks send them.
-            await asyncio.gather(
-                self.control.expect(workflow_id, round_number),
-                self.redis.execute("EVAL", ENQUEUE_SCRIPT, len(keys), *keys, expires_extra_ms, job, now, job_id),
-            )
-            return
-        await self.control.expect(workflow_id, round_number)
         from tasks.chatbot import run_chatbot  # the job sits above the runtime it runs in
 
-        task = asyncio.create_task(_in_process(run_chatbot, {"runtime": self, "job_try": 1}, workflow_id, round_number))
-        self.jobs.add(task)
-        task.add_done_callback(self.jobs.discard)
+        # The lease before the job, in one write: Redis runs a connection's commands in
+        # the order gather's tasks send them.
+        await asyncio.gather(
+            self.control.expect(workflow_id, round_number),
+            self.enqueue(run_chatbot, workflow_id, round_number, job_id=chat_job_id(workflow_id, round_number)),
+        )
 
     async def close(self) -> None:
-        for task in list(self.jobs):
-            task.cancel()
-        await asyncio.gather(*self.jobs, return_exceptions=True)
+        if self.in_process is not None:
+            await self.in_process.close()
         await self.control.close()
         if self.provider is not None:
             await self.provider.aclose()
         await self.feed.close()
         if self.redis is not None:
             await self.redis.close()
-
-
-async def _in_process(job: Callable[..., Awaitable[str]], ctx: dict, *args) -> None:
-    try:
-        await job(ctx, *args)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("in-process chat job %s failed", args)
 
 
 def chatdata(kind: str, item: dict, created_at: float) -> dict:

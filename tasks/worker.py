@@ -14,7 +14,7 @@ from config import LOG_FORMAT, Settings
 from models.db import close_db, open_db
 from tasks.chatbot import run_chatbot
 from tasks.control import RedisControl
-from tasks.runtime import Runtime, chat_job_round
+from tasks.runtime import KEEP_RESULT_SECONDS, MAX_TRIES, Job, Runtime, chat_job_round
 
 _settings = Settings.from_env()
 REDIS_RETRIES = 20  # backoff capped at 1 s: ≈ 15 s of outage
@@ -79,6 +79,14 @@ class WorkerSettings:
     # (a deploy restarts workers: at once, every reply in flight would fail as worker_lost).
     # 0: cancel them at once. What is still running then ends as worker_lost.
     job_completion_wait = _settings.worker_drain_seconds
-    keep_result = 60
-    max_tries = 3
+    keep_result = KEEP_RESULT_SECONDS
+    max_tries = MAX_TRIES
     allow_abort_jobs = True
+
+
+def with_jobs(*jobs: Job) -> type:
+    """These worker settings, running jobs of yours too, for a module of your own:
+    ``WorkerSettings = with_jobs(my_job)`` there, then ``arq mymodule.WorkerSettings``.
+    (arq reads only a settings class's own attributes: a subclass would run none of ours.)"""
+    ours = {name: value for name, value in vars(WorkerSettings).items() if not name.startswith("__")}
+    return type("WorkerSettings", (), ours | {"functions": [*WorkerSettings.functions, *jobs]})

@@ -113,10 +113,11 @@ class Stack:
     logs: Path
     web: subprocess.Popen
     workers: list[subprocess.Popen] = field(default_factory=list)
+    worker_settings: str = "tasks.WorkerSettings"
 
     def start_worker(self) -> subprocess.Popen:
         log = open(self.logs / f"worker-{len(self.workers)}.log", "ab")
-        proc = subprocess.Popen([str(BIN / "arq"), "tasks.WorkerSettings"], cwd=ROOT, env=self.env, stdout=log, stderr=log)
+        proc = subprocess.Popen([str(BIN / "arq"), self.worker_settings], cwd=ROOT, env=self.env, stdout=log, stderr=log)
         self.workers.append(proc)
         return proc
 
@@ -161,10 +162,10 @@ class Stack:
 @contextlib.contextmanager
 def start_stack(
     mode: str, extra_env: dict[str, str] | None = None, *, workers: int = 2, redis_url: str | None = None, database_url: str | None = None,
-    web_processes: int = 1,
+    web_processes: int = 1, app: str = "app:app", worker_settings: str = "tasks.WorkerSettings",
 ) -> Iterator[Stack]:
     """Start the app as the README tells operators: ``hypercorn --worker-class uvloop --backlog 2048 app:app``
-    and ``arq tasks.WorkerSettings``.
+    and ``arq tasks.WorkerSettings`` (or an extension's ``app`` and ``worker_settings``).
 
     ``mode`` is "memory" (embedded, no REDIS_URL) or "redis" (needs ``redis_url``, as does
     more than one web process)."""
@@ -180,14 +181,14 @@ def start_stack(
     env |= extra_env or {}
     log = open(data / "web.log", "ab")
     web = subprocess.Popen(
-        [str(BIN / "hypercorn"), "--worker-class", "uvloop", "--backlog", "2048", "--workers", str(web_processes), "app:app",
+        [str(BIN / "hypercorn"), "--worker-class", "uvloop", "--backlog", "2048", "--workers", str(web_processes), app,
          "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "2"],
         cwd=ROOT,
         env=env,
         stdout=log,
         stderr=log,
     )
-    stack = Stack(mode, f"http://127.0.0.1:{port}", env, data, web)
+    stack = Stack(mode, f"http://127.0.0.1:{port}", env, data, web, worker_settings=worker_settings)
     try:
         wait_until(lambda: httpx.get(stack.url + "/readyz").status_code == 200, what="the web process")
         if mode == "redis":

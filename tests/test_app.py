@@ -17,7 +17,7 @@ from quart import Blueprint, Quart, request
 from quart.testing.app import LifespanError
 
 from app import create_app
-from blueprints import runtime, sse_response
+from blueprints import api_error, runtime, sse_response
 from events.sse import frame, stream_context
 from models import Message
 from tasks import workflows
@@ -173,6 +173,18 @@ def documents_blueprint() -> Blueprint:
         last_event_id = request.headers.get("Last-Event-ID")
         return await sse_response(stream_context(runtime().feed, f"doc:{doc_id}", last_event_id, keepalive=15))
 
+    async def index_document(ctx, doc_id):
+        feed = ctx["runtime"].feed
+        await feed.emit(f"doc:{doc_id}", "progress", {"percent": 100}, category="document")
+        await feed.finish(f"doc:{doc_id}")
+
+    @bp.post("/api/documents/<doc_id>/index")
+    async def index(doc_id):
+        job_id = await runtime().enqueue(index_document, doc_id, job_id=f"index:{doc_id}")
+        if job_id is None:
+            return api_error(409, "job_exists", "This document is being indexed.")
+        return {"jobId": job_id}, 202
+
     seen: list[weakref.ref] = []
     bp.requests_seen = seen
     return bp
@@ -225,6 +237,21 @@ async def test_the_documented_extension_resumes_from_last_event_id(tmp_path):
         assert f"id: {first}\n".encode() not in await events_after(first)
         for unknown in (None, "not-a-cursor", "99999999999999-0"):  # ids it never issued: all it retains
             assert f"id: {first}\n".encode() in await events_after(unknown)
+
+
+async def test_the_documented_extension_runs_its_job_in_process_once_per_id(tmp_path):
+    app = create_app({"database_url": f"sqlite://{tmp_path / 'chat.sqlite3'}", "secret_key": "test"})
+    app.register_blueprint(documents_blueprint())
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        async with client.request("/api/documents/d3/events", method="GET") as connection:
+            await connection.send_complete()
+            indexing = await client.post("/api/documents/d3/index")
+            assert indexing.status_code == 202 and await indexing.get_json() == {"jobId": "index:d3"}
+            await read_until(connection, b'data: {"percent":100}\n')
+            await connection.disconnect()
+        again = await client.post("/api/documents/d3/index")
+        assert again.status_code == 409 and (await again.get_json())["error"]["code"] == "job_exists"
 
 
 async def test_sse_response_without_the_middleware_is_sent_by_quart(tmp_path):
