@@ -14,6 +14,7 @@ from quart import Quart, request, session
 from quart_schema import QuartSchema, RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
 
+import metrics
 from blueprints import api_error, chat, health, page, send_streams_after_quart, stream
 from config import LOG_FORMAT, Settings
 from models.db import close_db, open_db, serving_alone
@@ -51,6 +52,7 @@ def _lifespan(app: Quart, settings: Settings) -> None:
     async def services() -> AsyncIterator[None]:
         await open_db(settings.database_url, migrate=True)
         async with contextlib.AsyncExitStack() as opened:  # closed in reverse order, also if start-up fails
+            opened.callback(metrics.process_ended)
             opened.push_async_callback(close_db)
             embedded = settings.redis_url is None
             if embedded:

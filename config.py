@@ -50,12 +50,23 @@ class Settings:
     worker_drain_seconds: float = 25.0
     queue_name: str = "arq:queue"
     key_prefix: str = "chat:"
+    worker_metrics_bind: str | None = None  # host:port where a worker serves /metrics
 
     def __post_init__(self) -> None:
         for name, floor in _FLOORS.items():
             value = getattr(self, name)
             if not (math.isfinite(value) and (value > 0 if floor == "positive" else value >= 0)):
                 raise ValueError(f"{name.upper()}={value!r} is not a {floor} number")
+        if self.worker_metrics_bind is not None and self.worker_metrics_address() is None:
+            raise ValueError(f"WORKER_METRICS_BIND={self.worker_metrics_bind!r} is not host:port (0.0.0.0:9100, say)")
+
+    def worker_metrics_address(self) -> tuple[str, int] | None:
+        """WORKER_METRICS_BIND as (host, port), an IPv6 host without its brackets; None if
+        unset or malformed."""
+        host, _, port = (self.worker_metrics_bind or "").rpartition(":")
+        if not (host and port.isascii() and port.isdigit() and int(port) < 65536):
+            return None
+        return host.removeprefix("[").removesuffix("]"), int(port)
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":

@@ -6,15 +6,14 @@ from quart import Blueprint
 from tortoise import connections
 
 from blueprints import runtime
-from tasks.metrics import FEED_SUBSCRIPTIONS
+from metrics import registry
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/metrics")
 async def metrics():
-    FEED_SUBSCRIPTIONS.set(runtime().feed.subscriptions())
-    return generate_latest(), 200, {"Content-Type": CONTENT_TYPE_LATEST}
+    return generate_latest(registry()), 200, {"Content-Type": CONTENT_TYPE_LATEST}
 
 
 @bp.get("/healthz")

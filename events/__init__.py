@@ -59,12 +59,6 @@ class FeedGap(Exception):
 
 
 class EventFeed(ABC):
-    logs: dict  # context id -> events.log.ContextLog of the contexts followed here
-
-    def subscriptions(self) -> int:
-        """Live subscriptions in this process (each SSE client holds one)."""
-        return sum(log.readers for log in self.logs.values())
-
     @abstractmethod
     async def emit(self, context_id: str, event_type: str, data: dict, category: str = "default", *, once: str | None = None) -> str | None:
         """Append an event and return its cursor. The event is taken before the first

@@ -10,6 +10,7 @@ from bisect import bisect_right
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from events import Cursor, Event, FeedGap, parse_cursor, wanted
+from metrics import FEED_SUBSCRIPTIONS
 
 MAX_BATCH = 500  # events per yield, so one busy context cannot make a huge write
 
@@ -89,19 +90,23 @@ async def follow(
     An empty batch means nothing was delivered for ``idle_timeout`` seconds."""
     loop = asyncio.get_running_loop()
     deadline = None if idle_timeout is None else loop.time() + idle_timeout
-    while True:
-        try:
-            batch = log.after(after)
-        except FeedGap:
-            batch = await read_older(after)
-        if batch:
-            after = batch[-1].cursor
-            if selected := [e for e in batch if wanted(e, categories)]:
-                yield selected
-                deadline = None if idle_timeout is None else loop.time() + idle_timeout
-            continue
-        if deadline is not None and loop.time() >= deadline:
-            yield []
-            deadline = loop.time() + idle_timeout
-            continue
-        await log.wait(None if deadline is None else deadline - loop.time())
+    FEED_SUBSCRIPTIONS.inc()
+    try:
+        while True:
+            try:
+                batch = log.after(after)
+            except FeedGap:
+                batch = await read_older(after)
+            if batch:
+                after = batch[-1].cursor
+                if selected := [e for e in batch if wanted(e, categories)]:
+                    yield selected
+                    deadline = None if idle_timeout is None else loop.time() + idle_timeout
+                continue
+            if deadline is not None and loop.time() >= deadline:
+                yield []
+                deadline = loop.time() + idle_timeout
+                continue
+            await log.wait(None if deadline is None else deadline - loop.time())
+    finally:
+        FEED_SUBSCRIPTIONS.dec()

@@ -136,7 +136,7 @@ async def recent_messages(workflow_id: str, round_number: int, max_chars: int) -
             .order_by("-round_number", "-created_at")
             .offset(len(rows))
             .limit(HISTORY_PAGE)
-            .values("id", "role", "content", status="workflow__status", round="workflow__round_number")
+            .values("id", "role", "content", "created_at", status="workflow__status", round="workflow__round_number")
         )
         rows += page
         chars += sum(len(row["content"]) for row in page)

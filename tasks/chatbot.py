@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from events import Event, FeedGap
+from metrics import FIRST_DELTA_SECONDS, JOB_SECONDS, REPLY_DELTAS, ROUNDS_RUNNING
 from models import COMPLETED, FAILED, RUNNING, STOPPED, Log, Message, create_once, recent_messages, round_item_id, round_items
 from tasks.providers import ChatTurn, ProviderError
 from tasks.runtime import Runtime, end_round, publish_item
@@ -24,6 +26,7 @@ WORKER_LOST = ("worker_lost", "The worker generating this reply stopped before i
 class ChatRound:
     workflow_id: str
     number: int
+    started_at: float = 0.0  # when its user message was stored
 
 
 @dataclass
@@ -43,7 +46,7 @@ async def run_chatbot(ctx: dict, workflow_id: str, round_number: int) -> str:
     history = await recent_messages(workflow_id, round_number, runtime.settings.history_max_chars)
     if not history or history[0]["round"] != round_number or history[0]["status"] != RUNNING:
         return "skipped: round is not running"
-    chat = ChatRound(workflow_id, round_number)
+    chat = ChatRound(workflow_id, round_number, history[0]["created_at"])  # the newest: the round's user message
     reply = Reply(round_item_id(workflow_id, round_number, "assistant"))
     if any(row["id"] == reply.message_id for row in history):  # a retry after the reply was stored
         await end_round(runtime, workflow_id, round_number, COMPLETED)
@@ -53,9 +56,10 @@ async def run_chatbot(ctx: dict, workflow_id: str, round_number: int) -> str:
         return "failed: worker lost"
     stop, lost = asyncio.Event(), asyncio.Event()
     async with runtime.control.running(workflow_id, round_number, stop.set, lost.set):
-        turns = [ChatTurn(row["role"], row["content"]) for row in reversed(history)]
-        outcome = await _generate(runtime, chat, reply, turns, stop, lost)
-        await _finish(runtime, chat, reply, *outcome)
+        with ROUNDS_RUNNING.track_inprogress(), JOB_SECONDS.time():
+            turns = [ChatTurn(row["role"], row["content"]) for row in reversed(history)]
+            outcome = await _generate(runtime, chat, reply, turns, stop, lost)
+            await _finish(runtime, chat, reply, *outcome)
     return outcome[0]
 
 
@@ -153,6 +157,9 @@ async def _stream(runtime: Runtime, chat: ChatRound, reply: Reply, turns: list[C
             if not piece:
                 continue
             delta = {"messageId": reply.message_id, "index": len(reply.parts), "text": piece}
+            if not reply.parts:
+                FIRST_DELTA_SECONDS.observe(time.time() - chat.started_at)
+            REPLY_DELTAS.inc()
             reply.parts.append(piece)
             # A stop may cancel this await; the delta is already in the feed's hands (see
             # EventFeed.emit), so sent deltas and the stored text still agree. A feed that

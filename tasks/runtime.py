@@ -20,6 +20,7 @@ from tortoise.transactions import in_transaction
 from config import Settings
 from events import EventFeed, make_feed
 from events.shared_redis import SharedRedis
+from metrics import ROUNDS_ENDED
 from models import FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Log, Workflow, round_item_id
 from tasks.control import LocalControl, RedisControl
 from tasks.in_process import InProcessJobs
@@ -155,6 +156,7 @@ async def end_round(
         if before_end is not None:
             await before_end()
         outcome = await _store_outcome(workflow_id, round_number, status, message)
+    ROUNDS_ENDED.labels(status, code).inc()
     await asyncio.gather(*_round_end_sends(runtime, workflow_id, round_number, status, code, message, outcome))
     return True
 

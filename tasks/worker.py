@@ -10,6 +10,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
+import metrics
 from config import LOG_FORMAT, Settings
 from models.db import close_db, open_db
 from tasks.chatbot import run_chatbot
@@ -36,6 +37,8 @@ async def startup(ctx: dict) -> None:
     runtime = ctx["runtime"] = await Runtime.open(_settings, runs_jobs=True)
     assert isinstance(runtime.control, RedisControl)
     runtime.control.listen(_settings.redis_url)
+    if (address := _settings.worker_metrics_address()) is not None:
+        metrics.serve(address[1], address[0])
 
 
 async def leave_queue(ctx: dict) -> None:
@@ -55,6 +58,7 @@ async def shutdown(ctx: dict) -> None:
     if (runtime := ctx.get("runtime")) is not None:
         await runtime.close()
     await close_db()
+    metrics.process_ended()
 
 
 class WorkerSettings:

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Iterable
 
 from events import ORIGIN, Event, FeedGap, category_set, encode, parse_cursor, wanted
 from events.sse import KEEPALIVE, frame
+from metrics import EVENTS_SENT, OPEN_STREAMS, ROUNDS_STARTED
 from models import FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Log, Message, Workflow, chat_items, is_workflow_id, round_item_id
 from tasks.chatbot import end_abandoned_round
-from tasks.metrics import EVENTS_SENT, OPEN_STREAMS, ROUNDS_STARTED
 from tasks.runtime import Runtime, chatdata, chatdata_category, publish_item, resent_round_end, send_owed_round_end
 
 log = logging.getLogger(__name__)

@@ -30,3 +30,16 @@ def test_a_bad_number_is_refused_naming_its_variable(monkeypatch, name, value, w
 def test_the_lowest_good_values_are_taken(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     assert getattr(Settings.from_env(secret_key="test"), name.lower()) == float(value)
+
+
+@pytest.mark.parametrize("value", ["9100", "0.0.0.0:", "0.0.0.0:http", "0.0.0.0:70000", ":9100"])
+def test_a_worker_metrics_address_that_is_not_host_and_port_is_refused(monkeypatch, value):
+    monkeypatch.setenv("WORKER_METRICS_BIND", value)
+    with pytest.raises(ValueError, match="WORKER_METRICS_BIND=.*not host:port"):
+        Settings.from_env(secret_key="test")
+
+
+@pytest.mark.parametrize("value, address", [("0.0.0.0:9100", ("0.0.0.0", 9100)), ("[::1]:9100", ("::1", 9100))])
+def test_a_worker_metrics_address_is_taken_as_host_and_port(monkeypatch, value, address):
+    monkeypatch.setenv("WORKER_METRICS_BIND", value)
+    assert Settings.from_env(secret_key="test").worker_metrics_address() == address
