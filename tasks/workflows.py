@@ -5,7 +5,8 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from typing import TypeVar
 
 from events import ORIGIN, Event, FeedGap, category_set, encode, parse_cursor, wanted
 from events.sse import KEEPALIVE, frame
@@ -17,6 +18,7 @@ from tasks.runtime import Runtime, chatdata, chatdata_category, publish_item, re
 log = logging.getLogger(__name__)
 
 END_EVENTS = frozenset(ROUND_END_EVENT.values())
+T = TypeVar("T")
 
 
 class WorkflowNotFound(Exception):
@@ -49,9 +51,23 @@ def _runs_to_the_end(command):
 
     @functools.wraps(command)
     async def shielded(*args, **kwargs):
-        return await asyncio.shield(command(*args, **kwargs))
+        return await _to_the_end(command(*args, **kwargs))
 
     return shielded
+
+
+async def _to_the_end(work: Awaitable[T]) -> T:
+    """``work``, run to its end even if the caller is cancelled meanwhile. What it raises
+    after its caller left (a 404 for a client that did not wait for it) is nobody's to
+    handle, and not for asyncio to log as an error that was never retrieved."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(_retrieve)
+    return await asyncio.shield(task)
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 @_runs_to_the_end
@@ -149,7 +165,7 @@ async def stream_workflow(
     stream = _Stream(runtime, workflow_id, category_set(categories))
     # Shielded: a client that leaves while we read must not cut a database query in half
     # and leave its pooled connection mid-reply (Redis commands are safe to leave).
-    initial, follow_from = await asyncio.shield(stream.open(owner_id, last_event_id))
+    initial, follow_from = await _to_the_end(stream.open(owner_id, last_event_id))
     return _send(stream, initial, follow_from)
 
 

@@ -83,6 +83,26 @@ async def test_a_client_leaving_mid_start_leaves_a_whole_round(tmp_path, monkeyp
             ("user", 2), ("assistant", 2)]
 
 
+async def test_what_fails_after_its_client_left_is_not_logged_as_never_retrieved(caplog):
+    """A stream's open and a start run to their end when the client leaves; a 404 they
+    raise then is nobody's to handle, and no error for the operator's log."""
+    opened = asyncio.Event()
+
+    async def open_a_stranger_s_stream():
+        await opened.wait()
+        raise workflows.WorkflowNotFound("theirs")
+
+    handler = asyncio.create_task(workflows._to_the_end(open_a_stranger_s_stream()))
+    await asyncio.sleep(0)
+    handler.cancel()  # the client left
+    with pytest.raises(asyncio.CancelledError):
+        await handler
+    opened.set()
+    await asyncio.sleep(0.01)
+    gc.collect()  # where asyncio reports an exception nobody retrieved
+    assert "never retrieved" not in caplog.text
+
+
 async def test_a_round_started_as_a_stream_opens_reaches_it_whole(tmp_path, monkeypatch):
     """The stream reads the feed, then the status (idle), then the stored items; a round
     started in between is in the items but not sent from them: it must come live, whole."""
