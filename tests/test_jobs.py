@@ -17,10 +17,15 @@ from tests.conftest import MODES, stack_for
 
 
 @pytest.fixture(scope="module", params=MODES)
-async def documents(request):
+def documents_server(request):
     with stack_for(request, request.param, app="tests.extension:app", worker_settings="tests.extension.WorkerSettings") as stack:
-        async with stack.client() as client:
-            yield client
+        yield stack
+
+
+@pytest.fixture
+async def documents(documents_server):
+    async with documents_server.client() as client:
+        yield client
 
 
 async def events_until(client, doc_id: str, last_type: str, count: int = 1, timeout: float = 15.0) -> list[tuple[str, dict]]:
