@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from functools import wraps
 
+from typing import Any, Literal
+
 from pydantic import BaseModel, Field, field_validator
 from quart import Blueprint, request, url_for
-from quart_schema import validate_request
+from quart_schema import validate_request, validate_response
 
 from blueprints import api_error, runtime, sse_response, user_id
 from tasks.workflows import list_workflows, owned_workflow, start_round, stop_round, stream_workflow, workflow_detail
@@ -30,6 +32,49 @@ class StartChat(BaseModel):
         if "\x00" in prompt:
             raise ValueError("prompt must be text: it holds a NUL character")
         return prompt
+
+
+class StartedChat(BaseModel):
+    workflowId: str
+    messageId: str
+    streamUrl: str
+
+
+class StopAnswer(BaseModel):
+    workflowId: str
+    status: str  # the workflow's when answering
+
+
+class RoundError(BaseModel):
+    code: str
+    message: str
+
+
+class WorkflowSummary(BaseModel):
+    id: str
+    status: Literal["running", "completed", "stopped", "failed"]
+    title: str
+    roundNumber: int
+    createdAt: float
+    updatedAt: float
+    error: RoundError | None  # the latest round's, if it failed
+
+
+class ChatData(BaseModel):
+    """A stored message or log as the stream's ``chatdata`` events carry it (API.md)."""
+
+    type: Literal["message", "log"]
+    createdAt: float
+    item: dict[str, Any]
+
+
+class WorkflowDetail(BaseModel):
+    workflow: WorkflowSummary
+    items: list[ChatData]  # oldest first
+
+
+class WorkflowList(BaseModel):
+    workflows: list[WorkflowSummary]  # most recently active first
 
 
 def json_object(handler):
@@ -58,10 +103,11 @@ def json_object(handler):
 @bp.post("/start")
 @json_object
 @validate_request(StartChat)
+@validate_response(StartedChat, 202)
 async def start(data: StartChat):
     workflow, message = await start_round(runtime(), user_id(), data.prompt, data.workflowId)
     stream_url = url_for("stream.stream", workflow_id=workflow.id)
-    return {"workflowId": workflow.id, "messageId": message.id, "streamUrl": stream_url}, 202
+    return StartedChat(workflowId=workflow.id, messageId=message.id, streamUrl=stream_url), 202
 
 
 @bp.post("/start/stream")
@@ -73,16 +119,19 @@ async def start_and_stream(data: StartChat):
 
 
 @bp.post("/<workflow_id>/stop")
+@validate_response(StopAnswer, 202)
 async def stop(workflow_id: str):
     workflow = await owned_workflow(user_id(), workflow_id)
-    return {"workflowId": workflow.id, "status": await stop_round(runtime(), workflow)}, 202
+    return StopAnswer(workflowId=workflow.id, status=await stop_round(runtime(), workflow)), 202
 
 
 @bp.get("/<workflow_id>")
+@validate_response(WorkflowDetail)
 async def detail(workflow_id: str):
-    return await workflow_detail(await owned_workflow(user_id(), workflow_id))
+    return WorkflowDetail.model_validate(await workflow_detail(await owned_workflow(user_id(), workflow_id)))
 
 
 @bp.get("")
+@validate_response(WorkflowList)
 async def index():
-    return {"workflows": await list_workflows(user_id())}
+    return WorkflowList(workflows=await list_workflows(user_id()))

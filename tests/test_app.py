@@ -338,3 +338,25 @@ async def test_a_handler_that_prepares_a_stream_but_answers_otherwise_gets_its_a
     async with app.test_app() as test_app:
         response = await asyncio.wait_for(test_app.test_client().get("/changed-my-mind"), 5)
         assert response.status_code == 200 and await response.get_json() == {"answer": "not a stream"}
+
+
+async def test_the_openapi_schema_describes_every_json_answer(tmp_path):
+    """quart-schema's /openapi.json, for clients that generate code from it: each JSON
+    answer of the chat API with its fields, as API.md names them."""
+    app = create_app({"database_url": f"sqlite://{tmp_path / 'chat.sqlite3'}", "secret_key": "test"})
+    async with app.test_app() as test_app:
+        spec = await (await test_app.test_client().get("/openapi.json")).get_json()
+
+    def fields(path: str, method: str, status: str) -> set[str]:
+        schema = spec["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+        while "$ref" in schema:
+            schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+        return set(schema["properties"])
+
+    assert fields("/api/chatbot/start", "post", "202") == {"workflowId", "messageId", "streamUrl"}
+    assert fields("/api/chatbot/{workflow_id}/stop", "post", "202") == {"workflowId", "status"}
+    assert fields("/api/chatbot/{workflow_id}", "get", "200") == {"workflow", "items"}
+    assert fields("/api/chatbot", "get", "200") == {"workflows"}
+    workflow = spec["components"]["schemas"]["WorkflowSummary"]
+    assert set(workflow["properties"]) >= {"id", "status", "createdAt", "updatedAt", "title"}
+    assert set(workflow["properties"]["status"]["enum"]) == {"running", "completed", "stopped", "failed"}
