@@ -30,21 +30,25 @@ class InProcessJobs:
 
     def start(
         self, name: str, job: Callable[..., Awaitable[Any]], args: tuple, job_id: str, ctx: dict, *,
-        timeout: float | None = None, max_tries: int | None = None,
+        defer: float = 0.0, timeout: float | None = None, max_tries: int | None = None,
     ) -> bool:
-        """Run ``job(ctx | {"job_id", "job_try"}, *args)`` now, unless the id is taken."""
+        """Run ``job(ctx | {"job_id", "job_try"}, *args)`` ``defer`` seconds from now,
+        unless the id is taken."""
         self._forget_ended()
         if job_id in self._taken:
             return False
         self._taken[job_id] = math.inf
-        run = self._run(name, job, args, ctx | {"job_id": job_id}, timeout or self.timeout, max_tries or self.max_tries)
+        run = self._run(name, job, args, ctx | {"job_id": job_id}, defer, timeout or self.timeout, max_tries or self.max_tries)
         task = asyncio.get_running_loop().create_task(run)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return True
 
-    async def _run(self, name: str, job: Callable[..., Awaitable[Any]], args: tuple, ctx: dict, timeout: float, max_tries: int) -> None:
+    async def _run(
+        self, name: str, job: Callable[..., Awaitable[Any]], args: tuple, ctx: dict, defer: float, timeout: float, max_tries: int
+    ) -> None:
         try:
+            await asyncio.sleep(defer)
             for job_try in range(1, max_tries + 1):
                 try:
                     async with asyncio.timeout(timeout):

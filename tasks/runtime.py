@@ -80,24 +80,24 @@ class Runtime:
         control = RedisControl(redis, settings.key_prefix, settings.lease_seconds)
         return cls(settings, feed, control, make_provider(settings) if runs_jobs else None, redis)
 
-    async def enqueue(self, job: Job, *args: Any, job_id: str | None = None) -> str | None:
-        """Run ``job(ctx, *args)`` in the background, from a web handler or from a job:
-        in Redis mode on a worker (it must be in ``WorkerSettings.functions``), in
-        embedded mode in this process. ``ctx`` holds ``runtime``, ``job_id`` and
-        ``job_try`` in both. Resolves to the job's id, or None if a job with this id
-        (``job_id``: yours, to make a job unique) is queued, running or ended within
-        KEEP_RESULT_SECONDS, as arq has it. Gathered with other Redis commands, it goes out
-        in their order and in their write."""
+    async def enqueue(self, job: Job, *args: Any, job_id: str | None = None, defer: float = 0.0) -> str | None:
+        """Run ``job(ctx, *args)`` in the background, ``defer`` seconds from now, from a web
+        handler or from a job: in Redis mode on a worker (it must be in
+        ``WorkerSettings.functions``), in embedded mode in this process. ``ctx`` holds
+        ``runtime``, ``job_id`` and ``job_try`` in both. Resolves to the job's id, or None
+        if a job with this id (``job_id``: yours, to make a job unique) is queued, running
+        or ended within KEEP_RESULT_SECONDS, as arq has it. Gathered with other Redis
+        commands, it goes out in their order and in their write."""
         name, function = (job.name, job.coroutine) if isinstance(job, Function) else (job.__name__, job)
         job_id = job_id or uuid.uuid4().hex
         if self.in_process is not None:
             options = {"timeout": job.timeout_s, "max_tries": job.max_tries} if isinstance(job, Function) else {}
-            started = self.in_process.start(name, function, args, job_id, {"runtime": self}, **options)
+            started = self.in_process.start(name, function, args, job_id, {"runtime": self}, defer=defer, **options)
             return job_id if started else None
-        now = timestamp_ms()
+        now, delay = timestamp_ms(), round(defer * 1000)
         keys = (job_key_prefix + job_id, result_key_prefix + job_id, self.settings.queue_name)
         data = serialize_job(name, args, {}, None, now)
-        added = await self.redis.execute("EVAL", ENQUEUE_SCRIPT, len(keys), *keys, expires_extra_ms, data, now, job_id)
+        added = await self.redis.execute("EVAL", ENQUEUE_SCRIPT, len(keys), *keys, delay + expires_extra_ms, data, now + delay, job_id)
         return job_id if added else None
 
     async def enqueue_round(self, workflow_id: str, round_number: int) -> None:

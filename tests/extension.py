@@ -18,6 +18,7 @@ async def count_words(ctx: dict, doc_id: str, text: str) -> int:
     words = len(text.split())
     data = {"words": words, "jobId": ctx["job_id"], "jobTry": ctx["job_try"]}
     await ctx["runtime"].feed.emit(f"doc:{doc_id}", "counted", data, category="document")
+    await ctx["runtime"].feed.finish(f"doc:{doc_id}")  # its events go FEED_RETENTION_SECONDS from now
     return words
 
 
@@ -36,7 +37,7 @@ JOBS = {job.__name__: job for job in (count_words, count_after_a_retry)}
 @bp.post("/<doc_id>/<job_name>")
 async def enqueue(doc_id: str, job_name: str):
     body = await request.get_json()
-    job_id = await runtime().enqueue(JOBS[job_name], doc_id, body["text"], job_id=body.get("jobId"))
+    job_id = await runtime().enqueue(JOBS[job_name], doc_id, body["text"], job_id=body.get("jobId"), defer=body.get("defer", 0))
     if job_id is None:
         return api_error(409, "job_exists", "A job with this id is queued, running or has just ended.")
     return {"jobId": job_id}, 202

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 
 import pytest
@@ -44,8 +45,8 @@ async def events_until(client, doc_id: str, last_type: str, count: int = 1, time
     raise AssertionError(f"the stream ended before {count} {last_type!r} events: {events}")
 
 
-async def enqueue(client, doc_id: str, job: str, text: str, job_id: str | None = None):
-    return await client.post(f"/api/documents/{doc_id}/{job}", json={"text": text, "jobId": job_id})
+async def enqueue(client, doc_id: str, job: str, text: str, job_id: str | None = None, defer: float = 0):
+    return await client.post(f"/api/documents/{doc_id}/{job}", json={"text": text, "jobId": job_id, "defer": defer})
 
 
 async def test_a_job_enqueued_by_a_handler_runs_and_reaches_the_feed(documents):
@@ -71,6 +72,15 @@ async def test_a_job_id_of_yours_runs_one_job_while_it_is_kept(documents):
     assert other.status_code == 202
     events = await events_until(documents, doc_id, "counted", count=2)
     assert [data["words"] for kind, data in events if kind == "counted"] == [2, 3]
+
+
+async def test_a_deferred_job_runs_no_sooner_and_holds_its_id_meanwhile(documents):
+    doc_id, asked = uuid.uuid4().hex, time.monotonic()
+    assert (await enqueue(documents, doc_id, "count_words", "later", job_id=f"later:{doc_id}", defer=0.5)).status_code == 202
+    assert (await enqueue(documents, doc_id, "count_words", "later", job_id=f"later:{doc_id}")).status_code == 409
+    [(kind, data)] = await events_until(documents, doc_id, "counted")
+    assert time.monotonic() - asked >= 0.5
+    assert data["words"] == 1
 
 
 async def test_a_job_that_raises_retry_runs_again_and_can_enqueue_a_job(documents):
