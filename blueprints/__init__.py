@@ -58,13 +58,24 @@ def send_streams_after_quart(asgi_app):
         if scope["type"] != "http":
             return await asgi_app(scope, receive, send)
         streaming, end, left = False, None, False
+        held = asyncio.get_running_loop().create_future()  # done once the response's end is held
         scope[_EVENTS] = None  # sse_response may leave its events here
 
-        async def receive_noting_disconnect():
+        async def receive_for_quart():
+            """The client's messages, noting a disconnect (the server says so once). Once the
+            response's end is held, a disconnect of our own: Quart >= 0.23 returns only
+            after one, which the server sends only after the end we hold."""
             nonlocal left
-            message = await receive()
-            left = left or message["type"] == "http.disconnect"  # the server says so once
-            return message
+            receiving = asyncio.ensure_future(receive())
+            try:
+                await asyncio.wait((receiving, held), return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when Quart < 0.23 cancels this wait, its handler done
+                received = receiving.done() and not receiving.cancelled()
+                if received:
+                    left = left or receiving.result()["type"] == "http.disconnect"
+                else:
+                    receiving.cancel()  # the server's queue keeps what it has not handed over
+            return receiving.result() if received else {"type": "http.disconnect"}
 
         async def send_or_hold(message) -> None:
             nonlocal streaming, end
@@ -72,10 +83,11 @@ def send_streams_after_quart(asgi_app):
                 streaming = message["status"] == 200 and _is_event_stream(message["headers"])
             elif message["type"] == "http.response.body" and not message.get("more_body") and streaming and scope[_EVENTS]:
                 end = message  # the end of the response waits for the events
+                held.set_result(None)
                 return
             await send(message)
 
-        await asgi_app(scope, receive_noting_disconnect, send_or_hold)
+        await asgi_app(scope, receive_for_quart, send_or_hold)
         if (events := scope.pop(_EVENTS)) is None:
             return
         if end is None or left:  # an error was sent instead, or the client left first

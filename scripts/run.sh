@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/venv.sh
-exec .venv/bin/hypercorn --worker-class uvloop --backlog 2048 app:app --bind "${BIND:-127.0.0.1:8000}"
+exec "$VENV/bin/hypercorn" --worker-class uvloop --backlog 2048 app:app --bind "${BIND:-127.0.0.1:8000}"

@@ -17,7 +17,7 @@ from quart import Blueprint, Quart, request
 from quart.testing.app import LifespanError
 
 from app import create_app
-from blueprints import api_error, runtime, sse_response
+from blueprints import api_error, runtime, send_streams_after_quart, sse_response
 from events.sse import frame, stream_context
 from models import Message
 from tasks import workflows
@@ -272,6 +272,37 @@ async def test_the_documented_extension_runs_its_job_in_process_once_per_id(tmp_
             await connection.disconnect()
         again = await client.post("/api/documents/d3/index")
         assert again.status_code == 409 and (await again.get_json())["error"]["code"] == "job_exists"
+
+
+@pytest.mark.parametrize("leaves", [False, True])
+async def test_the_middleware_serves_an_app_that_returns_only_after_the_disconnect(leaves):
+    """Quart >= 0.23 (Python >= 3.13) returns from a request only once the server has said
+    the client is gone, which a server says only after the response's end, which the
+    middleware holds until the events are sent: it tells Quart itself. (With 0.22 the
+    page's streams never ended or began: found on Python 3.13.)"""
+    from_client, sent = asyncio.Queue(), []
+    await from_client.put({"type": "http.request", "body": b"", "more_body": False})
+
+    async def events():
+        yield "event: tick\ndata: 1\n\n"
+
+    async def quart_like(scope, receive, send):
+        scope["chat.sse_events"] = events()  # as sse_response leaves them
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    async def send(message):
+        sent.append(message)
+
+    if leaves:  # the client left before the response's end: Quart hears of it, no events go out
+        await from_client.put({"type": "http.disconnect"})
+    app = send_streams_after_quart(quart_like)
+    await asyncio.wait_for(app({"type": "http"}, from_client.get, send), 2)
+    bodies = [m.get("body") for m in sent if m["type"] == "http.response.body"]
+    assert bodies == ([] if leaves else [b"event: tick\ndata: 1\n\n", b""])
 
 
 async def test_sse_response_without_the_middleware_is_sent_by_quart(tmp_path):
