@@ -1,5 +1,5 @@
 """Every Prometheus metric, served at /metrics by web processes and by workers with
-WORKER_METRICS_PORT.
+WORKER_METRICS_BIND.
 
 A process answers for itself, unless prometheus-client's PROMETHEUS_MULTIPROC_DIR names a
 directory (empty when the first process starts): then every process on the machine that

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from functools import wraps
-
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator

@@ -57,6 +57,7 @@ redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
 return 1
 """
 
+
 @dataclass
 class Runtime:
     settings: Settings
