@@ -57,17 +57,23 @@ def _runs_to_the_end(command):
 
 
 async def _to_the_end(work: Awaitable[T]) -> T:
-    """``work``, run to its end even if the caller is cancelled meanwhile. What it raises
-    after its caller left (a 404 for a client that did not wait for it) is nobody's to
-    handle, and not for asyncio to log as an error that was never retrieved."""
+    """``work``, run to its end even if the caller is cancelled meanwhile."""
     task = asyncio.ensure_future(work)
-    task.add_done_callback(_retrieve)
-    return await asyncio.shield(task)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_after_the_caller_left)
+        raise
 
 
-def _retrieve(task: asyncio.Future) -> None:
-    if not task.cancelled():
-        task.exception()
+def _after_the_caller_left(task: asyncio.Future) -> None:
+    """What work raised after its caller left: an answer such as a 404 is nobody's to
+    hear (not an error that was never retrieved, as asyncio would log it); a failure is
+    logged as one."""
+    if task.cancelled() or (error := task.exception()) is None:
+        return
+    if not isinstance(error, (WorkflowNotFound, RoundRunning, PromptTooLong)):
+        log.error("a request's work failed after its client left", exc_info=error)
 
 
 @_runs_to_the_end

@@ -100,7 +100,25 @@ async def test_what_fails_after_its_client_left_is_not_logged_as_never_retrieved
     opened.set()
     await asyncio.sleep(0.01)
     gc.collect()  # where asyncio reports an exception nobody retrieved
-    assert "never retrieved" not in caplog.text
+    assert "never retrieved" not in caplog.text and not caplog.records
+
+
+async def test_what_breaks_after_its_client_left_is_logged_once_as_a_failure(caplog):
+    opened = asyncio.Event()
+
+    async def open_a_stream_on_a_broken_database():
+        await opened.wait()
+        raise ConnectionError("the database went away")
+
+    handler = asyncio.create_task(workflows._to_the_end(open_a_stream_on_a_broken_database()))
+    await asyncio.sleep(0)
+    handler.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await handler
+    opened.set()
+    await asyncio.sleep(0.01)
+    gc.collect()
+    assert [(r.levelname, r.exc_info[1].args) for r in caplog.records] == [("ERROR", ("the database went away",))]
 
 
 async def test_a_round_started_as_a_stream_opens_reaches_it_whole(tmp_path, monkeypatch):
