@@ -38,7 +38,10 @@ async def startup(ctx: dict) -> None:
     assert isinstance(runtime.control, RedisControl)
     runtime.control.listen(_settings.redis_url)
     if (address := _settings.worker_metrics_address()) is not None:
-        metrics.serve(address[1], address[0])
+        try:
+            metrics.serve(address[1], address[0])
+        except OSError as exc:  # taken: by another worker on this machine, say (one port each)
+            raise RuntimeError(f"WORKER_METRICS_BIND={_settings.worker_metrics_bind}: {exc.strerror or exc}") from None
 
 
 async def leave_queue(ctx: dict) -> None:

@@ -112,3 +112,14 @@ async def until_scraped(url: str, name: str, value: float, timeout: float = 5.0)
     async with asyncio.timeout(timeout):
         while (await asyncio.to_thread(scrape, url)).get(name) != value:
             await asyncio.sleep(0.05)
+
+
+def test_a_worker_whose_metrics_address_is_taken_stops_saying_so(request):
+    """Two workers of a machine given one WORKER_METRICS_BIND: the second stops at start-up
+    naming the variable, where it would have left a traceback about a socket."""
+    bind = f"127.0.0.1:{free_port()}"
+    with stack_for(request, "redis", {"WORKER_METRICS_BIND": bind}, workers=2) as stack:
+        wait_until(lambda: any(worker.poll() is not None for worker in stack.workers), what="a worker to stop")
+        [stopped] = [n for n, worker in enumerate(stack.workers) if worker.poll() is not None]
+        log = (stack.logs / f"worker-{stopped}.log").read_text()
+        assert f"WORKER_METRICS_BIND={bind}: Address already in use" in log
