@@ -5,7 +5,6 @@ modes, serving the extension in tests/extension.py."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 
@@ -15,6 +14,7 @@ from arq.worker import func
 
 from tasks.in_process import InProcessJobs
 from tests.conftest import MODES, stack_for
+from tests.sse import read_stream
 
 
 @pytest.fixture(scope="module", params=MODES)
@@ -29,20 +29,9 @@ async def documents(documents_server):
         yield client
 
 
-async def events_until(client, doc_id: str, last_type: str, count: int = 1, timeout: float = 15.0) -> list[tuple[str, dict]]:
-    """(type, data) of a document's events, until the ``count``-th of ``last_type``."""
-    events, seen, event_type = [], 0, None
-    async with asyncio.timeout(timeout), client.stream("GET", f"/api/documents/{doc_id}/events") as response:
-        assert response.status_code == 200
-        async for line in response.aiter_lines():
-            if line.startswith("event: "):
-                event_type = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                events.append((event_type, json.loads(line.removeprefix("data: "))))
-                seen += event_type == last_type
-                if seen == count:
-                    return events
-    raise AssertionError(f"the stream ended before {count} {last_type!r} events: {events}")
+async def document_events(client, doc_id: str, count: int) -> list[tuple[str, dict]]:
+    """(type, data) of a document's first ``count`` events."""
+    return [(e.event, e.data) for e in await read_stream(client, f"/api/documents/{doc_id}/events", limit=count, timeout=15)]
 
 
 async def enqueue(client, doc_id: str, job: str, text: str, job_id: str | None = None, defer: float = 0):
@@ -55,7 +44,7 @@ async def test_a_job_enqueued_by_a_handler_runs_and_reaches_the_feed(documents):
     assert response.status_code == 202
     job_id = response.json()["jobId"]
     assert job_id
-    [(kind, data)] = await events_until(documents, doc_id, "counted")
+    [(kind, data)] = await document_events(documents, doc_id, 1)
     assert (kind, data) == ("counted", {"words": 3, "jobId": job_id, "jobTry": 1})
 
 
@@ -65,12 +54,12 @@ async def test_a_job_id_of_yours_runs_one_job_while_it_is_kept(documents):
     doc_id = uuid.uuid4().hex
     first = await enqueue(documents, doc_id, "count_words", "one two", job_id=f"count:{doc_id}")
     assert first.status_code == 202 and first.json() == {"jobId": f"count:{doc_id}"}
-    await events_until(documents, doc_id, "counted")  # it ran and ended
+    await document_events(documents, doc_id, 1)  # it ran and ended
     again = await enqueue(documents, doc_id, "count_words", "one two three", job_id=f"count:{doc_id}")
     assert again.status_code == 409 and again.json()["error"]["code"] == "job_exists"
     other = await enqueue(documents, doc_id, "count_words", "one two three", job_id=f"count:{doc_id}:2")
     assert other.status_code == 202
-    events = await events_until(documents, doc_id, "counted", count=2)
+    events = await document_events(documents, doc_id, 2)
     assert [data["words"] for kind, data in events if kind == "counted"] == [2, 3]
 
 
@@ -78,15 +67,15 @@ async def test_a_deferred_job_runs_no_sooner_and_holds_its_id_meanwhile(document
     doc_id, asked = uuid.uuid4().hex, time.monotonic()
     assert (await enqueue(documents, doc_id, "count_words", "later", job_id=f"later:{doc_id}", defer=0.5)).status_code == 202
     assert (await enqueue(documents, doc_id, "count_words", "later", job_id=f"later:{doc_id}")).status_code == 409
-    [(kind, data)] = await events_until(documents, doc_id, "counted")
+    [(kind, data)] = await document_events(documents, doc_id, 1)
     assert time.monotonic() - asked >= 0.5
-    assert data["words"] == 1
+    assert (kind, data["words"]) == ("counted", 1)
 
 
 async def test_a_job_that_raises_retry_runs_again_and_can_enqueue_a_job(documents):
     doc_id = uuid.uuid4().hex
     assert (await enqueue(documents, doc_id, "count_after_a_retry", "a b c d")).status_code == 202
-    events = await events_until(documents, doc_id, "counted")
+    events = await document_events(documents, doc_id, 3)
     assert [kind for kind, _ in events] == ["tried", "tried", "counted"]
     assert [data["jobTry"] for _, data in events] == [1, 2, 1]  # the job it enqueued is a job of its own
     assert events[-1][1]["words"] == 4
