@@ -12,6 +12,7 @@ from pathlib import Path
 from aerich import Command
 from tortoise import Tortoise, connections
 from tortoise.backends.base.config_generator import expand_db_url
+from tortoise.backends.sqlite.client import SqliteClient
 
 from config import Settings, sqlite_path
 
@@ -134,6 +135,15 @@ async def _database_lock(database_url: str, name: str, *, wait: bool) -> AsyncIt
 
 async def close_db() -> None:
     await Tortoise.close_connections()
+
+
+def stop_sqlite_threads() -> None:
+    """Stop the thread of each SQLite connection left open, without a loop: as a process
+    exits, Python waits for those threads, for ever. For an arq worker stopped while
+    Redis is down: arq's close fails before it calls on_shutdown, and close_db."""
+    for client in connections.all():
+        if isinstance(client, SqliteClient) and client._connection is not None:
+            client._connection.stop()
 
 
 def __getattr__(name: str):

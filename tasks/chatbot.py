@@ -19,7 +19,7 @@ from tasks.runtime import Runtime, end_round, publish_item
 
 log = logging.getLogger(__name__)
 
-WORKER_LOST = ("worker_lost", "The worker generating this reply stopped before it finished. Please retry.")
+WORKER_LOST = ("worker_lost", "The process generating this reply stopped before it finished. Please retry.")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from dataclasses import replace
 
 from arq.connections import RedisSettings
@@ -12,7 +13,7 @@ from redis.exceptions import ConnectionError, TimeoutError
 
 import metrics
 from config import LOG_FORMAT, Settings
-from models.db import close_db, open_db
+from models.db import close_db, open_db, stop_sqlite_threads
 from tasks.chatbot import run_chatbot
 from tasks.control import RedisControl
 from tasks.runtime import KEEP_RESULT_SECONDS, MAX_TRIES, Job, Runtime, chat_job_round
@@ -34,6 +35,9 @@ async def startup(ctx: dict) -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     logging.getLogger("arq").propagate = False  # arq logs through a handler of its own
     await open_db(_settings.database_url)
+    # Called as the process exits, before Python waits for its threads (as
+    # concurrent.futures does): if shutdown never ran, SQLite's would hang the exit.
+    threading._register_atexit(stop_sqlite_threads)
     runtime = ctx["runtime"] = await Runtime.open(_settings, runs_jobs=True)
     assert isinstance(runtime.control, RedisControl)
     runtime.control.listen(_settings.redis_url)

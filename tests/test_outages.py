@@ -57,7 +57,8 @@ async def test_readyz_is_503_while_the_feed_is_down(stack_on_own_redis):
 
 async def test_rounds_run_again_once_a_restarted_redis_is_back():
     """Web process and workers ride out Redis going away: arq's poll loop, left to itself,
-    ends on the first failed command and leaves the worker without a loop."""
+    ends on the first failed command and leaves the worker without a loop. A worker
+    stopped while Redis is away still exits."""
     with contextlib.ExitStack() as servers:
         url = servers.enter_context(redis_server())
         restarted = servers.enter_context(contextlib.ExitStack())  # outlives the stack, which stops first
@@ -72,6 +73,12 @@ async def test_rounds_run_again_once_a_restarted_redis_is_back():
             _, events = await run_round(client, "after")
             assert events[-1].event == "complete"
             assert all(worker.poll() is None for worker in stack.workers)
+            # Stopped while Redis is down, a worker exits (arq's close fails first, after
+            # its retries): its SQLite connection's thread would keep it from exiting.
+            restarted.close()
+            for worker in stack.workers:  # one of them at least ran a round, on SQLite
+                worker.terminate()
+            assert all([await asyncio.to_thread(worker.wait, 60) for worker in stack.workers])
 
 
 async def test_readyz_is_503_while_the_database_is_down(stack_on_own_postgres, postgres_admin_url):
