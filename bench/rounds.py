@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.run import new_client, open_session, redis_for, run_round, serve  # noqa: E402
+from bench.run import RawClient, new_client, open_session, redis_for, run_round, serve  # noqa: E402
 
 CONCURRENT = 20
 ENV = {"DEMO_TOKEN_INTERVAL_MS": "0", "DEMO_REPLY_TOKENS": "2", "KEEPALIVE_SECONDS": "15", "LEASE_SECONDS": "10"}
@@ -26,16 +26,17 @@ ENV = {"DEMO_TOKEN_INTERVAL_MS": "0", "DEMO_REPLY_TOKENS": "2", "KEEPALIVE_SECON
 
 async def run_rounds(url: str, rounds: int) -> None:
     """Conversations of three rounds each, CONCURRENT at a time."""
-    async with new_client(url, 2 * CONCURRENT + 8, 30.0) as client:
-        await open_session(client)
+    async with new_client(url, 8, 30.0) as session:
+        await open_session(session)
 
         async def chat(number: int) -> None:
             workflow_id = None
-            for i in range(rounds // CONCURRENT):
-                result = await run_round(client, f"round {number}-{i}", workflow_id if i % 3 else None)
-                if not result["ok"]:
-                    raise RuntimeError(f"a broken round: {result.get('trace') or result['broken']}")
-                workflow_id = result["workflowId"]
+            async with RawClient(url, session.cookies) as client:
+                for i in range(rounds // CONCURRENT):
+                    result = await run_round(client, f"round {number}-{i}", workflow_id if i % 3 else None)
+                    if not result["ok"]:
+                        raise RuntimeError(f"a broken round: {result.get('trace') or result['broken']}")
+                    workflow_id = result["workflowId"]
 
         await asyncio.gather(*(chat(n) for n in range(CONCURRENT)))
 

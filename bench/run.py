@@ -94,7 +94,7 @@ class RawStream:
     def __init__(self, base_url: str, path: str, cookies: httpx.Cookies, last_event_id: str | None = None) -> None:
         url = urlparse(base_url)
         self.host, self.port, self.path = url.hostname, url.port, path
-        self.cookie = "; ".join(f"{name}={value}" for name, value in cookies.items())
+        self.cookie = cookie_header(cookies)
         self.resume = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id else ""
         self.status_code = 0
         self.writer: asyncio.StreamWriter | None = None
@@ -154,6 +154,62 @@ class RawStream:
                         event_id = value.decode()
 
 
+def cookie_header(cookies: httpx.Cookies) -> str:
+    return "; ".join(f"{name}={value}" for name, value in cookies.items())
+
+
+class RawClient:
+    """One chat's start requests, one after the other, over a kept-alive HTTP/1.1
+    connection of its own; its streams are RawStreams. A shared httpx client scans every
+    pooled connection on each request (at 200 chats, more of the clients' CPU than their
+    streams'), and one client per chat costs an SSL context each."""
+
+    def __init__(self, base_url: str, cookies: httpx.Cookies) -> None:
+        self.base_url, self.cookies = base_url, cookies
+        url = urlparse(base_url)
+        self.host, self.port = url.hostname, url.port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post_json(self, path: str, payload: dict) -> tuple[int, dict]:
+        body = json.dumps(payload).encode()
+        request = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+                   f"Content-Length: {len(body)}\r\nCookie: {cookie_header(self.cookies)}\r\n\r\n").encode() + body
+        head = await self._exchange(request)
+        headers = head.lower()
+        length = int(headers.partition(b"content-length:")[2].split(b"\r\n", 1)[0] or 0)
+        answer = await self.reader.readexactly(length)
+        if b"connection: close" in headers:
+            self.close()
+        return int(head.split(b" ", 2)[1]), json.loads(answer) if answer else {}
+
+    async def _exchange(self, request: bytes) -> bytes:
+        """Send the request and read the response's head: on a new connection if the
+        server closed the idle one (its keep-alive timeout) before it read the request."""
+        for retry in (False, True):
+            if self.writer is None:
+                self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            self.writer.write(request)
+            try:
+                return await self.reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                self.close()
+                if retry:
+                    raise
+        raise AssertionError("not reached")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+    async def __aenter__(self) -> "RawClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.close()
+
+
 def new_client(base_url: str, connections: int, read_timeout: float | None, cookies=None) -> httpx.AsyncClient:
     # Idle connections are dropped before Hypercorn's 5 s keep-alive timeout would close
     # them under a request (a POST on a connection the server is closing fails).
@@ -174,7 +230,7 @@ def empty_round(workflow_id: str | None, broken: str = "") -> dict:
             "delta_span": None, "events": 0, "workflowId": workflow_id, "post_ms": None, "open_ms": None, "last_cursor": None}
 
 
-async def run_round(client: httpx.AsyncClient, prompt: str, workflow_id: str | None, resume_from: str | None = None) -> dict:
+async def run_round(client: RawClient, prompt: str, workflow_id: str | None, resume_from: str | None = None) -> dict:
     """One round: POST start, read its stream to the end of the round. The stream opens
     after the start, or (``resume_from``: the cursor of the previous round's end) before
     it, as the bundled page's does: it reconnects from there as soon as a round ends
@@ -184,7 +240,7 @@ async def run_round(client: httpx.AsyncClient, prompt: str, workflow_id: str | N
 
         async def open_stream(last_event_id: str | None = None) -> RawStream | None:
             asked, path = time.time(), f"/api/chatbot/{result['workflowId']}/stream"
-            stream = await held.enter_async_context(RawStream(str(client.base_url), path, client.cookies, last_event_id))
+            stream = await held.enter_async_context(RawStream(client.base_url, path, client.cookies, last_event_id))
             result["open_ms"] = (time.time() - asked) * 1000
             if stream.status_code != 200:
                 result["broken"] = f"stream {stream.status_code}"
@@ -197,11 +253,10 @@ async def run_round(client: httpx.AsyncClient, prompt: str, workflow_id: str | N
                 return result
             established = time.time()
         sent = time.time()
-        started = await client.post("/api/chatbot/start", json={"prompt": prompt, "workflowId": workflow_id})
-        if started.status_code != 202:
-            result["broken"] = f"start {started.status_code}"
+        status, body = await client.post_json("/api/chatbot/start", {"prompt": prompt, "workflowId": workflow_id})
+        if status != 202:
+            result["broken"] = f"start {status}"
             return result
-        body = started.json()
         result["workflowId"] = workflow_id = body["workflowId"]
         opened = time.time()
         result["post_ms"] = (opened - sent) * 1000
@@ -352,8 +407,7 @@ async def wait_event(event, timeout: float) -> bool:
 
 
 async def chats_client(job: dict, results: mp.Queue, go, release) -> dict:
-    n = len(job["offsets"])
-    async with new_client(job["url"], 2 * n + 8, 30.0) as client:
+    async with new_client(job["url"], 8, 30.0) as client:
         await open_session(client)
         results.put(("seeded", job["index"], None))
         if not await wait_event(go, job["timeout"]):
@@ -364,21 +418,23 @@ async def chats_client(job: dict, results: mp.Queue, go, release) -> dict:
     return {"rounds": [r for chat in rounds for r in chat], "run_cpu": time.process_time() - cpu}
 
 
-async def run_chat(client: httpx.AsyncClient, job: dict, number: int, offset: float, begin: float) -> list[dict]:
+async def run_chat(session: httpx.AsyncClient, job: dict, number: int, offset: float, begin: float) -> list[dict]:
     """One conversation: its rounds back to back, starting ``offset`` s into the ramp."""
     await asyncio.sleep(max(0.0, begin + offset - time.monotonic()))
     workflow_id, rounds = None, []
-    for round_number in range(job["rounds"]):
-        prompt = f"bench {job['index']}-{number} round {round_number}"
-        try:
-            resume_from = None if job["fresh_streams"] or not rounds or not rounds[-1]["ok"] else rounds[-1]["last_cursor"]
-            result = await asyncio.wait_for(run_round(client, prompt, workflow_id, resume_from), job["round_timeout"])
-        except Exception as exc:  # a timeout or a dropped connection is a broken round, not a crash
-            result = empty_round(workflow_id, type(exc).__name__)
-        rounds.append(result)
-        workflow_id = result["workflowId"]
-        if workflow_id is None:
-            break
+    async with RawClient(job["url"], session.cookies) as client:
+        for round_number in range(job["rounds"]):
+            prompt = f"bench {job['index']}-{number} round {round_number}"
+            try:
+                resume_from = None if job["fresh_streams"] or not rounds or not rounds[-1]["ok"] else rounds[-1]["last_cursor"]
+                result = await asyncio.wait_for(run_round(client, prompt, workflow_id, resume_from), job["round_timeout"])
+            except Exception as exc:  # a timeout or a dropped connection is a broken round, not a crash
+                client.close()  # it may be mid-request
+                result = empty_round(workflow_id, type(exc).__name__)
+            rounds.append(result)
+            workflow_id = result["workflowId"]
+            if workflow_id is None:
+                break
     return rounds
 
 
@@ -397,7 +453,8 @@ async def idle_client(job: dict, results: mp.Queue, go, release) -> dict:
     # One user per process with one finished (idle) workflow; its streams all follow it.
     async with new_client(job["url"], 8, 30.0) as seed:
         await open_session(seed)
-        seeded = await run_round(seed, f"idle seed {job['index']}", None)
+        async with RawClient(job["url"], seed.cookies) as client:
+            seeded = await run_round(client, f"idle seed {job['index']}", None)
         cookies = seed.cookies
     if not seeded["ok"] or seeded["late"]:
         return {"error": f"seeding failed: {seeded['broken']}"}
@@ -580,7 +637,11 @@ async def warm_up(url: str) -> None:
     """A few rounds first, so lazy imports and first-query costs are not measured."""
     async with new_client(url, 32, 30.0) as client:
         await open_session(client)
-        await asyncio.wait_for(asyncio.gather(*(run_round(client, f"warm up {i}", None) for i in range(4))), 60)
+        async def warm(i: int) -> None:
+            async with RawClient(url, client.cookies) as chat:
+                await run_round(chat, f"warm up {i}", None)
+
+        await asyncio.wait_for(asyncio.gather(*(warm(i) for i in range(4))), 60)
 
 
 @contextlib.contextmanager
