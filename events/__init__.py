@@ -18,9 +18,13 @@ ORIGIN = "0-0"  # before every event
 ABANDONED_SECONDS = 24 * 3600  # a context never finished (its writer died) still goes, after this long without events
 
 
+# json.dumps with separators builds an encoder per call: a third of its time per event.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode(data: dict) -> str:
     """Event data as it travels: compact JSON on one line."""
-    return json.dumps(data, separators=(",", ":"))
+    return _ENCODER.encode(data)
 
 
 def parse_cursor(cursor: str) -> Cursor:

@@ -92,8 +92,8 @@ def pack(*args: Any) -> bytes:
 
 def bulk(*args: Any) -> bytes:
     """Arguments (bytes as they are, anything else as text) as Redis protocol bulk strings."""
-    return b"".join(b"$%d\r\n%s\r\n" % (len(data), data) for data in (_bytes(arg) for arg in args))
-
-
-def _bytes(arg: Any) -> bytes:
-    return arg if isinstance(arg, bytes) else str(arg).encode()
+    parts = []
+    for arg in args:  # a loop, not generators: this runs for every argument of every command
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
