@@ -253,7 +253,13 @@ async def run_round(client: RawClient, prompt: str, workflow_id: str | None, res
                 return result
             established = time.time()
         sent = time.time()
-        status, body = await client.post_json("/api/chatbot/start", {"prompt": prompt, "workflowId": workflow_id})
+        for pause in (0.0, *[0.02] * 50):
+            # A previous round the stream sent whole from the database (its stored reply,
+            # see Reply.take) may still be ending: the reply is stored before the round ends.
+            await asyncio.sleep(pause)
+            status, body = await client.post_json("/api/chatbot/start", {"prompt": prompt, "workflowId": workflow_id})
+            if status != 409:
+                break
         if status != 202:
             result["broken"] = f"start {status}"
             return result
@@ -334,8 +340,8 @@ class Reply:
             if item["id"] == self.message_id:
                 self.final = item["content"]
             elif stored and self.message_id is None and item["roundNumber"] == self.round:
-                # The round ended before the stream opened (the server was slower than
-                # the reply): the stream sent it whole and now waits for the next round.
+                # The round ended (or is ending) before the stream opened (the server was
+                # slower than the reply): the stream sent it whole from the database.
                 self.final, self.late = item["content"], True
                 return True
         return False
