@@ -641,8 +641,9 @@ def wait_workers_ready(stack, redis_url: str, workers: int) -> None:
 
 async def warm_up(url: str) -> None:
     """A few rounds first, so lazy imports and first-query costs are not measured."""
-    async with new_client(url, 32, 30.0) as client:
+    async with new_client(url, 8, 30.0) as client:
         await open_session(client)
+
         async def warm(i: int) -> None:
             async with RawClient(url, client.cookies) as chat:
                 await run_round(chat, f"warm up {i}", None)
