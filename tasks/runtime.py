@@ -21,7 +21,7 @@ from config import Settings
 from events import EventFeed, make_feed
 from events.shared_redis import SharedRedis
 from metrics import ROUNDS_ENDED
-from models import FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Log, Workflow, round_item_id
+from models import FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Log, Workflow, end_running_round, round_item_id
 from tasks.control import LocalControl, RedisControl
 from tasks.in_process import InProcessJobs
 from tasks.providers import ChatProvider, make_provider
@@ -149,10 +149,7 @@ async def end_round(
     stream that reads the round ended before its end is in the feed follows it to that
     end (see _Stream._snapshot); if the winner dies in between, resent_round_end sends it."""
     async with in_transaction():
-        updated = await Workflow.filter(id=workflow_id, round_number=round_number, status=RUNNING).update(
-            status=status, updated_at=time.time(), error_code=code, error_message=message[:500]
-        )
-        if not updated:
+        if not await end_running_round(workflow_id, round_number, status, time.time(), code, message):
             return False
         if before_end is not None:
             await before_end()

@@ -11,7 +11,10 @@ from typing import TypeVar
 from events import ORIGIN, Event, FeedGap, category_set, encode, parse_cursor, wanted
 from events.sse import KEEPALIVE, frame
 from metrics import EVENTS_SENT, OPEN_STREAMS, ROUNDS_STARTED
-from models import FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Log, Message, Workflow, chat_items, is_workflow_id, round_item_id
+from models import (
+    FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Log, Message, Workflow, chat_items, claim_next_round, is_workflow_id,
+    owned_workflow_or_none, round_item_id,
+)
 from tasks.chatbot import end_abandoned_round
 from tasks.runtime import Runtime, chatdata, chatdata_category, publish_item, resent_round_end, send_owed_round_end
 
@@ -38,7 +41,7 @@ async def owned_workflow(owner_id: str, workflow_id: str) -> Workflow:
     """The workflow if it exists and is this user's: others' look exactly like missing ones."""
     if not is_workflow_id(workflow_id):  # never ours, and not for the database to choke on
         raise WorkflowNotFound(workflow_id)
-    workflow = await Workflow.get_or_none(id=workflow_id, owner_id=owner_id)
+    workflow = await owned_workflow_or_none(owner_id, workflow_id)
     if workflow is None:
         raise WorkflowNotFound(workflow_id)
     return workflow
@@ -88,13 +91,10 @@ async def start_round(runtime: Runtime, owner_id: str, prompt: str, workflow_id:
         workflow = await owned_workflow(owner_id, workflow_id)
         await fail_if_lost(runtime, workflow)
         previous_end = await resent_round_end(runtime, workflow)  # before this round's message
-        next_round, now = workflow.round_number + 1, time.time()
-        claimed = await Workflow.filter(id=workflow.id, round_number=workflow.round_number).exclude(status=RUNNING).update(
-            status=RUNNING, round_number=next_round, updated_at=now
-        )
-        if not claimed:
+        now = time.time()
+        if not await claim_next_round(workflow.id, workflow.round_number, now):
             raise RoundRunning(workflow.id)
-        workflow.status, workflow.round_number, workflow.updated_at = RUNNING, next_round, now
+        workflow.status, workflow.round_number, workflow.updated_at = RUNNING, workflow.round_number + 1, now
     message = await Message.create(
         id=round_item_id(workflow.id, workflow.round_number, "user"),
         workflow_id=workflow.id,
