@@ -18,7 +18,10 @@ import pytest
 from aerich.models import Aerich
 from tortoise.exceptions import IntegrityError
 
-from models import COMPLETED, HISTORY_PAGE, RUNNING, STOPPED, Log, Message, Workflow, chat_items, recent_messages, round_item_id
+from models import (
+    COMPLETED, FAILED, HISTORY_PAGE, RUNNING, STOPPED, Log, Message, Workflow, chat_items, claim_next_round, end_running_round,
+    owned_workflow_or_none, recent_messages, round_item_id,
+)
 from models.db import ServedElsewhere, close_db, migrations_for, open_db, serving_alone
 from tasks.workflows import list_workflows
 from tests.servers import postgres_database
@@ -258,26 +261,53 @@ async def test_a_job_that_runs_twice_finds_its_own_rows(db):
     assert await Log.filter(workflow_id=workflow.id).count() == 1
 
 
-async def test_conditional_status_update_changes_one_row_once(db):
+async def test_ending_a_round_changes_its_row_once(db):
     workflow, bystander = await new_workflow(), await new_workflow()
-    now = time.time()
-    assert await Workflow.filter(id=workflow.id, status=RUNNING).update(status=COMPLETED, updated_at=now) == 1
-    assert await Workflow.filter(id=workflow.id, status=RUNNING).update(status=STOPPED, updated_at=now + 1) == 0
+    now, long_message = time.time(), "x" * 600
+    assert await end_running_round(workflow.id, 1, FAILED, now, "provider_error", long_message)
+    assert not await end_running_round(workflow.id, 1, STOPPED, now + 1, "", "")
     stored = await Workflow.get(id=workflow.id)
-    assert (stored.status, stored.updated_at) == (COMPLETED, now)
+    assert (stored.status, stored.updated_at, stored.error_code, stored.error_message) == (FAILED, now, "provider_error", "x" * 500)
     assert (await Workflow.get(id=bystander.id)).status == RUNNING
-    assert await Workflow.filter(id=str(uuid.uuid4()), status=RUNNING).update(status=COMPLETED) == 0
+    assert not await end_running_round(bystander.id, 2, COMPLETED, now, "", "")  # not the round that runs
+    assert not await end_running_round(str(uuid.uuid4()), 1, COMPLETED, now, "", "")
+    assert (await Workflow.get(id=bystander.id)).status == RUNNING
 
 
-async def test_concurrent_conditional_updates_have_one_winner(db):
+async def test_concurrent_round_ends_have_one_winner(db):
     """A stop and the job's own completion racing: exactly one of them changes the row."""
     workflow = await new_workflow()
     results = await asyncio.gather(
-        *(Workflow.filter(id=workflow.id, status=RUNNING).update(status=status) for status in [COMPLETED, STOPPED] * 4)
+        *(end_running_round(workflow.id, 1, status, time.time(), "", "") for status in [COMPLETED, STOPPED] * 4)
     )
-    assert sorted(results) == [0] * 7 + [1]
-    winner = [COMPLETED, STOPPED][results.index(1) % 2]
+    assert sorted(results) == [False] * 7 + [True]
+    winner = [COMPLETED, STOPPED][results.index(True) % 2]
     assert (await Workflow.get(id=workflow.id)).status == winner
+
+
+async def test_the_next_round_is_claimed_once_and_only_after_the_last_one_ended(db):
+    workflow = await new_workflow()
+    assert not await claim_next_round(workflow.id, 1, time.time())  # round 1 still runs
+    await end_running_round(workflow.id, 1, COMPLETED, time.time(), "", "")
+    now = time.time()
+    claims = await asyncio.gather(*(claim_next_round(workflow.id, 1, now) for _ in range(6)))  # six starts at once
+    assert sorted(claims) == [False] * 5 + [True]
+    stored = await Workflow.get(id=workflow.id)
+    assert (stored.status, stored.round_number, stored.updated_at) == (RUNNING, 2, now)
+    await end_running_round(workflow.id, 2, STOPPED, time.time(), "", "")
+    assert not await claim_next_round(workflow.id, 1, time.time())  # a start that read round 1: round 2 came since
+    assert not await claim_next_round(str(uuid.uuid4()), 1, time.time())
+
+
+async def test_a_workflow_is_read_only_by_its_owner(db):
+    workflow = await new_workflow(owner_id="user-owner", title="Mine")
+    mine = await owned_workflow_or_none("user-owner", workflow.id)
+    assert mine is not None and mine.to_dict() == workflow.to_dict()
+    assert await owned_workflow_or_none("user-other", workflow.id) is None
+    assert await owned_workflow_or_none("user-owner", str(uuid.uuid4())) is None
+    await end_running_round(workflow.id, 1, COMPLETED, time.time(), "", "")
+    await mine.refresh_from_db(fields=["status"])  # a stored row's model, as Tortoise's own reads give
+    assert mine.status == COMPLETED
 
 
 async def test_a_pooled_connection_left_in_a_transaction_comes_back_without_it(db):
