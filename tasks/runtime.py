@@ -21,7 +21,7 @@ from config import Settings
 from events import EventFeed, make_feed
 from events.shared_redis import SharedRedis
 from metrics import ROUNDS_ENDED
-from models import FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Log, Workflow, end_running_round, round_item_id
+from models import FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Log, Workflow, end_running_round, is_workflow_id, round_item_id
 from tasks.control import LocalControl, RedisControl
 from tasks.in_process import InProcessJobs
 from tasks.providers import ChatProvider, make_provider
@@ -34,16 +34,17 @@ MAX_TRIES = 3  # runs of a job in all: arq.Retry, or (Redis mode) a worker that 
 Job = Callable[..., Awaitable[Any]] | Function  # async def job(ctx, *args), or arq.worker.func(job, …)
 
 
-def chat_job_id(workflow_id: str, round_number: int) -> str:
-    """A round's job id in arq: one job per round, whoever enqueues it."""
-    return f"chat:{workflow_id}:{round_number}"
+def chat_job_id(key_prefix: str, workflow_id: str, round_number: int) -> str:
+    """A round's job id in arq: one job per round, whoever enqueues it. It starts with the
+    deployment's KEY_PREFIX, so arq's keys for it (``arq:job:<id>``, …) name the deployment."""
+    return f"{key_prefix}{workflow_id}:{round_number}"
 
 
-def chat_job_round(job_id: str) -> tuple[str, int] | None:
+def chat_job_round(key_prefix: str, job_id: str) -> tuple[str, int] | None:
     """The round a chat job's id names; None for any other job."""
-    kind, _, round_key = job_id.partition(":")
-    workflow_id, _, round_number = round_key.partition(":")
-    return (workflow_id, int(round_number)) if kind == "chat" else None
+    workflow_id, _, round_number = job_id.removeprefix(key_prefix).partition(":")
+    is_ours = job_id.startswith(key_prefix) and is_workflow_id(workflow_id) and round_number.isdigit()
+    return (workflow_id, int(round_number)) if is_ours else None
 
 
 # arq's ArqRedis.enqueue_job as one atomic script: the job, in arq's own format, unless a
@@ -108,7 +109,7 @@ class Runtime:
         # the order gather's tasks send them.
         await asyncio.gather(
             self.control.expect(workflow_id, round_number),
-            self.enqueue(run_chatbot, workflow_id, round_number, job_id=chat_job_id(workflow_id, round_number)),
+            self.enqueue(run_chatbot, workflow_id, round_number, job_id=chat_job_id(self.settings.key_prefix, workflow_id, round_number)),
         )
 
     async def close(self) -> None:

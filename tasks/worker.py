@@ -55,9 +55,9 @@ async def leave_queue(ctx: dict) -> None:
     the queue; if its worker dies, the round's lease ends it (see tasks/control.py), so
     the lease becomes a running job's now (a queued one's is longer). Other jobs (yours)
     stay, for arq to run again if their worker dies."""
-    if (chat_round := chat_job_round(ctx["job_id"])) is None:
-        return
     runtime: Runtime = ctx["runtime"]
+    if (chat_round := chat_job_round(runtime.settings.key_prefix, ctx["job_id"])) is None:
+        return
     await asyncio.gather(runtime.redis.execute("ZREM", _settings.queue_name, ctx["job_id"]), runtime.control.taken(*chat_round))
 
 

@@ -114,6 +114,7 @@ class Stack:
     web: subprocess.Popen
     workers: list[subprocess.Popen] = field(default_factory=list)
     worker_settings: str = "tasks.WorkerSettings"
+    redis_prefix: str | None = None  # the key prefix this stack made for itself in a shared Redis
 
     def start_worker(self) -> subprocess.Popen:
         log = open(self.logs / f"worker-{len(self.workers)}.log", "ab")
@@ -157,6 +158,23 @@ class Stack:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        self.forget_redis_keys()
+
+    def forget_redis_keys(self) -> None:
+        """Leave the Redis server as we found it: the keys under this stack's prefix, and
+        arq's for its jobs (a chat job's id starts with the prefix; a job whose worker was
+        killed leaves arq's keys for a day)."""
+        if self.redis_prefix is None:
+            return
+        import redis
+
+        try:
+            with contextlib.closing(redis.Redis.from_url(self.env["REDIS_URL"])) as client:
+                for pattern in (f"{self.redis_prefix}*", f"arq:*:{self.redis_prefix}*"):
+                    if keys := list(client.scan_iter(match=pattern, count=1000)):
+                        client.delete(*keys)
+        except redis.ConnectionError:  # a server that a test stopped took them with it
+            pass
 
 
 @contextlib.contextmanager
@@ -179,6 +197,7 @@ def start_stack(
         run = uuid.uuid4().hex[:8]
         env |= {"REDIS_URL": redis_url, "KEY_PREFIX": f"test-{run}:", "QUEUE_NAME": f"test-{run}:queue"}
     env |= extra_env or {}
+    own_prefix = env["KEY_PREFIX"] if mode == "redis" and env["KEY_PREFIX"] == f"test-{run}:" else None
     log = open(data / "web.log", "ab")
     web = subprocess.Popen(
         [str(BIN / "hypercorn"), "--worker-class", "uvloop", "--backlog", "2048", "--workers", str(web_processes), app,
@@ -188,7 +207,7 @@ def start_stack(
         stdout=log,
         stderr=log,
     )
-    stack = Stack(mode, f"http://127.0.0.1:{port}", env, data, web, worker_settings=worker_settings)
+    stack = Stack(mode, f"http://127.0.0.1:{port}", env, data, web, worker_settings=worker_settings, redis_prefix=own_prefix)
     try:
         wait_until(lambda: httpx.get(stack.url + "/readyz").status_code == 200, what="the web process")
         if mode == "redis":

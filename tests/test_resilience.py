@@ -5,6 +5,7 @@ import asyncio
 import re
 import signal
 import time
+import uuid
 from urllib.parse import urlparse
 
 import pytest
@@ -321,7 +322,6 @@ async def test_a_subscriber_joining_a_reply_longer_than_the_feed_keeps_gets_the_
 @pytest.fixture
 async def bare_runtime(redis_url):
     """A web process's runtime on the test Redis, under a key prefix of its own (no database)."""
-    import uuid
     from dataclasses import replace
 
     from config import Settings
@@ -345,14 +345,27 @@ def worker_module():
 async def test_a_taken_job_holds_the_round_by_a_running_jobs_lease(bare_runtime):
     # A queued round's lease is long (the queue may be slow); once a worker has taken its
     # job, a worker dying before the job runs must be noticed as fast as one dying in it.
-    lease = f"{bare_runtime.settings.key_prefix}lease:wf:1"
+    from tasks.runtime import chat_job_id
+
+    workflow_id, prefix = str(uuid.uuid4()), bare_runtime.settings.key_prefix
+    lease = f"{prefix}lease:{workflow_id}:1"
     try:
-        await bare_runtime.control.expect("wf", 1)
+        await bare_runtime.control.expect(workflow_id, 1)
         assert await bare_runtime.redis.execute("PTTL", lease) > 20_000
-        await worker_module().leave_queue({"runtime": bare_runtime, "job_id": "chat:wf:1"})
+        await worker_module().leave_queue({"runtime": bare_runtime, "job_id": chat_job_id(prefix, workflow_id, 1)})
         assert 0 < await bare_runtime.redis.execute("PTTL", lease) <= 2_000
     finally:
         await bare_runtime.redis.execute("DEL", lease)
+
+
+def test_a_chat_jobs_id_names_its_round_under_the_deployments_prefix():
+    from tasks.runtime import chat_job_id, chat_job_round
+
+    workflow_id = str(uuid.uuid4())
+    assert chat_job_id("chat:", workflow_id, 12) == f"chat:{workflow_id}:12"  # the default prefix: the ids of earlier releases
+    assert chat_job_round("test-1:", chat_job_id("test-1:", workflow_id, 12)) == (workflow_id, 12)
+    for job_id in (chat_job_id("test-2:", workflow_id, 12), f"test-1:{workflow_id}", "test-1:doc-7:3", f"index:{workflow_id}:1"):
+        assert chat_job_round("test-1:", job_id) is None, job_id  # another deployment's, or a job of yours
 
 
 async def test_a_job_of_your_own_stays_in_the_queue_while_it_runs(bare_runtime):
@@ -375,3 +388,27 @@ async def test_a_worker_without_redis_url_says_so():
         pytest.skip("REDIS_URL is set in this environment")
     with pytest.raises(RuntimeError, match="REDIS_URL is not set"):
         await worker.startup({})
+
+
+async def test_a_stack_takes_its_redis_keys_with_it_even_after_a_worker_died_mid_reply(redis_url):
+    # The tests share the machine's Redis; a worker killed under a job leaves arq's keys
+    # for that job (a day's expiry), and the round's own under the stack's prefix.
+    import redis.asyncio as redis
+
+    from tests.servers import start_stack
+
+    shared = redis.from_url(redis_url)
+
+    async def left(prefix: str) -> list[bytes]:
+        return [key for pattern in (f"{prefix}*", f"arq:*:{prefix}*") for key in [k async for k in shared.scan_iter(match=pattern)]]
+
+    try:
+        with start_stack("redis", redis_url=redis_url, workers=1) as stack:
+            async with stack.client() as client:
+                started = await start(client, "a reply cut short")
+                await read_stream(client, started["streamUrl"], limit=6)
+            stack.kill_worker(stack.workers[0])
+            assert any(key.startswith(b"arq:in-progress:") for key in await left(stack.redis_prefix))
+        assert await left(stack.redis_prefix) == []
+    finally:
+        await shared.aclose()
