@@ -3,6 +3,7 @@ the model provider, opened together for the web process or for a worker."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -21,7 +22,7 @@ from config import Settings
 from events import EventFeed, make_feed
 from events.shared_redis import SharedRedis
 from metrics import ROUNDS_ENDED
-from models import FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Log, Workflow, end_running_round, is_workflow_id, round_item_id
+from models import COMPLETED, FAILED, ROUND_END_EVENT, RUNNING, STOPPED, Log, Workflow, end_running_round, is_workflow_id, round_item_id
 from tasks.control import LocalControl, RedisControl
 from tasks.in_process import InProcessJobs
 from tasks.providers import ChatProvider, make_provider
@@ -149,7 +150,10 @@ async def end_round(
     The end goes out after the commit: a client that got it reads the round ended. A
     stream that reads the round ended before its end is in the feed follows it to that
     end (see _Stream._snapshot); if the winner dies in between, resent_round_end sends it."""
-    async with in_transaction():
+    # The update alone (a completed round, nothing before its end) needs no transaction,
+    # whose BEGIN and COMMIT are two more round trips before the end goes out.
+    alone = before_end is None and status == COMPLETED
+    async with contextlib.nullcontext() if alone else in_transaction():
         if not await end_running_round(workflow_id, round_number, status, time.time(), code, message):
             return False
         if before_end is not None:
