@@ -134,7 +134,11 @@ async def _database_lock(database_url: str, name: str, *, wait: bool) -> AsyncIt
 
 
 async def close_db() -> None:
-    await Tortoise.close_connections()
+    await connections.close_all()
+    # Tortoise adds each init's connections to those it had: a process that then opens a
+    # database of the other dialect (the tests do) would hold two, and in_transaction()
+    # would refuse to choose.
+    connections.db_config.clear()
 
 
 def stop_sqlite_threads() -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from aerich.models import Aerich
 from tortoise.exceptions import IntegrityError
+from tortoise.transactions import in_transaction
 
 from models import (
     COMPLETED, FAILED, HISTORY_PAGE, RUNNING, STOPPED, Log, Message, Workflow, chat_items, claim_next_round, end_running_round,
@@ -308,6 +309,24 @@ async def test_a_workflow_is_read_only_by_its_owner(db):
     await end_running_round(workflow.id, 1, COMPLETED, time.time(), "", "")
     await mine.refresh_from_db(fields=["status"])  # a stored row's model, as Tortoise's own reads give
     assert mine.status == COMPLETED
+
+
+def test_a_database_opened_after_another_one_closed_is_the_only_one(database_url, tmp_path):
+    """As a process that closes one database and opens another, of the other dialect,
+    does: the first one's connection lingered, and every transaction then failed."""
+    other = "postgres" if database_url.startswith("sqlite") else "sqlite"
+
+    async def each_in_turn(urls: list[str]) -> None:
+        for url in urls:
+            await open_db(url)
+            try:
+                async with in_transaction():
+                    await Workflow.all().count()
+            finally:
+                await close_db()
+
+    with new_database(other, tmp_path) as other_url:
+        asyncio.run(each_in_turn([database_url, migrated(other_url)]))
 
 
 async def test_a_pooled_connection_left_in_a_transaction_comes_back_without_it(db):
